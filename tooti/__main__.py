@@ -1,0 +1,5 @@
+import sys
+
+from tooti.cli import main
+
+sys.exit(main())

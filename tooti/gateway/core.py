@@ -1,0 +1,244 @@
+"""The gateway's network side: nodes joining, the registry, and dispatching a request.
+
+HTTP lives in ``app.py``; this module knows nothing of Quart. ``Gateway.dispatch`` is the
+one place that turns (route, body, model) into an open exchange with some node, retrying on
+another node while the client has seen nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+
+import trio
+from libp2p.abc import IHost, INetStream
+from libp2p.peer.id import ID
+from libp2p.network.stream.exceptions import StreamError
+
+from tooti.p2p.framing import FrameError, FrameReader, encode
+from tooti.p2p.host import peer_of
+from tooti.wire import pb
+
+from .errors import HTTPError
+from .registry import NodeEntry, Registry
+from .relay import Exchange, NodeFailure, StreamPool, reset_quietly, start_exchange
+from .router import choose, record_failure, record_success
+
+log = logging.getLogger("tooti.gateway")
+
+#: (namespace, presented secret, peer id) -> may this peer serve under that namespace?
+NamespaceCheck = Callable[[str, str, str], Awaitable[bool]]
+
+_HELLO_TIMEOUT = 10.0
+_CONTROL_MAX_FRAME = 256 * 1024
+
+
+class Gateway:
+    def __init__(
+        self,
+        host: IHost,
+        *,
+        ttl: float,
+        max_attempts: int,
+        first_token_timeout: float,
+        total_timeout: float,
+        namespace_check: NamespaceCheck | None,
+        known_namespaces: Callable[[], set[str]] = set,
+    ) -> None:
+        self.host = host
+        self.peer_id = str(host.get_id())
+        self.registry = Registry(ttl=ttl)
+        self.pool = StreamPool(host)
+        self.max_attempts = max_attempts
+        self.first_token_timeout = first_token_timeout
+        self.total_timeout = total_timeout
+        self._namespace_check = namespace_check
+        self._known_namespaces = known_namespaces
+        self.other_gateways: dict[str, str] = {}  # peer id -> dialable multiaddr with /p2p/
+        self.refused_nodes = 0
+
+    # -- nodes joining ------------------------------------------------------------------------
+
+    async def handle_control(self, stream: INetStream) -> None:
+        """A node's control stream: Hello -> Welcome, then heartbeats until it goes away."""
+        peer = str(peer_of(stream))
+        reader = FrameReader(stream, max_frame=_CONTROL_MAX_FRAME)
+        with trio.fail_after(_HELLO_TIMEOUT):
+            first = await reader.read_frame(pb.ControlFrame)
+        if first is None or first.WhichOneof("kind") != "hello":
+            raise FrameError("control stream must start with Hello")
+        ann = first.hello.announcement
+        reason = await self._admission_problem(peer, ann, first.hello.namespace_secret)
+        if reason:
+            self.refused_nodes += 1
+            # The reason names the namespace, never the secret.
+            log.warning("refused node %s: %s", peer, reason)
+            await stream.write(encode(pb.Welcome(accepted=False, reason=reason,
+                                                 gateway_peer_id=self.host.get_id().to_bytes())))
+            await stream.close()
+            return
+        namespace = ann.namespace
+        await stream.write(encode(pb.Welcome(
+            accepted=True, gateway_peer_id=self.host.get_id().to_bytes(),
+            gateways=sorted(self.other_gateways.values()))))
+        self.registry.update(peer, ann)
+        log.info("node %s joined (%s) serving %s", peer, namespace or "public",
+                 ", ".join(m.name for m in ann.models) or "nothing yet")
+        try:
+            while True:
+                frame = await reader.read_frame(pb.ControlFrame)
+                if frame is None:
+                    break
+                if frame.WhichOneof("kind") != "heartbeat":
+                    raise FrameError("only heartbeats may follow Hello")
+                hb = frame.heartbeat
+                # Claims must match what this connection proved at Hello.
+                if hb.peer_id != ann.peer_id or hb.namespace != namespace:
+                    self.registry.rejected_heartbeats += 1
+                    log.warning("heartbeat from %s rejected: claims do not match the sender", peer)
+                    continue
+                self.registry.update(peer, hb)
+        except StreamError:
+            pass
+        finally:
+            # Evict at once: a dropped connection is a dead node for routing purposes.
+            self.registry.drop(peer)
+            self.pool.forget(peer)
+            log.info("node %s left", peer)
+
+    async def _admission_problem(self, peer: str, ann: pb.Announcement, secret: str) -> str | None:
+        if ann.peer_id != _peer_bytes(peer):
+            return "announcement peer id does not match the connection's verified peer id"
+        if ann.namespace:
+            if self._namespace_check is None:
+                return None
+            if not await self._namespace_check(ann.namespace, secret, peer):
+                return f"not authorised for namespace '{ann.namespace}' (wrong or missing secret)"
+        return None
+
+    async def expire_loop(self) -> None:
+        """Log nodes that went silent; the registry itself ignores them past the TTL."""
+        silent: set[str] = set()
+        while True:
+            await trio.sleep(min(1.0, self.registry.ttl / 4))
+            now = time.monotonic()
+            for e in list(self.registry.all()):
+                if now - e.last_seen > self.registry.ttl:
+                    if e.peer_id not in silent:
+                        silent.add(e.peer_id)
+                        log.warning("node %s missed heartbeats for %.1fs: not routable", e.peer_id,
+                                    now - e.last_seen)
+                elif e.peer_id in silent:
+                    silent.discard(e.peer_id)
+                    log.info("node %s is back", e.peer_id)
+
+    # -- requests ------------------------------------------------------------------------------
+
+    def resolve(self, model_ref: str) -> tuple[str | None, str]:
+        """Split ``namespace:model``, treating the prefix as a namespace only when it is one
+        this gateway knows — Ollama names such as ``llama3.2:1b`` contain colons themselves."""
+        ns, sep, rest = model_ref.partition(":")
+        if sep and rest and (ns in self.registry.namespaces() or ns in self._known_namespaces()):
+            return ns, rest
+        return None, model_ref
+
+    async def dispatch(
+        self,
+        route: int,
+        body: bytes,
+        model_ref: str,
+        *,
+        allowed_namespaces: set[str] | None = None,
+        request_id: str | None = None,
+        want_usage: bool = True,
+    ) -> tuple[Exchange, NodeEntry, str, str]:
+        """Open an exchange with the best node for ``model_ref``.
+
+        Returns (exchange, node entry, namespace or "", backend model name). The caller must
+        ``finish(...)`` it. Raises HTTPError 404 when no live node serves the model, 503 with
+        Retry-After when all are busy, 502 when every attempt failed, 504 when the first
+        byte does not come in time.
+        """
+        namespace, model = self.resolve(model_ref)
+        scope = {namespace} if namespace is not None else allowed_namespaces
+        if namespace is not None and allowed_namespaces is not None and namespace not in allowed_namespaces:
+            raise HTTPError(403, f"this key may not use namespace '{namespace}'", code="permission_denied")
+        candidates = self.registry.serving(model, scope)
+        if not candidates:
+            raise HTTPError(404, f"The model '{model_ref}' does not exist or no node serves it",
+                            code="model_not_found", param="model")
+        request = pb.InferenceRequest(
+            request_id=request_id or uuid.uuid4().hex, route=route, body=body, model=model,
+            deadline_unix_ms=int((time.time() + self.total_timeout) * 1000), want_usage=want_usage)
+        tried: set[str] = set()
+        busy = 0
+        for _ in range(self.max_attempts):
+            entry = choose(candidates, tried)
+            if entry is None:
+                break
+            tried.add(entry.peer_id)
+            entry.local_in_flight += 1
+            try:
+                ex = await start_exchange(self.pool, entry.peer_id, request,
+                                          first_byte_timeout=self.first_token_timeout,
+                                          idle_timeout=self.first_token_timeout)
+            except NodeFailure as exc:
+                entry.local_in_flight -= 1
+                record_failure(entry)
+                log.warning("request %s: node %s failed before its first byte (%s); trying another",
+                            request.request_id, entry.peer_id, exc)
+                continue
+            except trio.TooSlowError:
+                entry.local_in_flight -= 1
+                record_failure(entry)
+                raise HTTPError(504, "the node did not answer in time", code="timeout") from None
+            except BaseException:
+                entry.local_in_flight -= 1
+                raise
+            if ex.head.status != 200:
+                entry.local_in_flight -= 1
+                error = await _error_answer(ex)
+                if error.code in ("busy", "model_not_found"):
+                    # Refused before doing any work: safe to try another node.
+                    busy += error.code == "busy"
+                    continue
+                raise error
+            return ex, entry, entry.namespace, model
+        if busy or not tried:
+            raise HTTPError(503, f"every node serving '{model_ref}' is at capacity; retry shortly",
+                            code="no_capacity", headers={"Retry-After": "1"})
+        raise HTTPError(502, f"no node could serve '{model_ref}' (tried {len(tried)})", code="node_failure")
+
+    async def finish(self, ex: Exchange, entry: NodeEntry, *, ok: bool) -> None:
+        """Close an exchange returned by dispatch and account for it on the node's entry."""
+        entry.local_in_flight = max(0, entry.local_in_flight - 1)
+        if ok:
+            record_success(entry)
+        elif ex.end is None:
+            record_failure(entry)
+        await ex.close()
+
+
+async def _error_answer(ex: Exchange) -> HTTPError:
+    """Read a non-200 answer to its end and turn it into the error the client should see:
+    the node's own error, or the backend's error body passed through with its status."""
+    chunks: list[bytes] = []
+    try:
+        async for block in ex.data():
+            chunks.append(block)
+    except (NodeFailure, trio.TooSlowError):
+        await ex.close()
+        return HTTPError(502, "the node failed while answering", code="node_failure")
+    await ex.close()
+    if ex.end is not None and ex.end.HasField("error"):
+        e = ex.end.error
+        return HTTPError(e.status or ex.head.status, e.message, code=e.code or None)
+    err = HTTPError(ex.head.status, "backend error", code="backend_error")
+    err.raw_body = b"".join(chunks)
+    return err
+
+
+def _peer_bytes(peer: str) -> bytes:
+    return ID.from_base58(peer).to_bytes()

@@ -1,0 +1,109 @@
+"""The gateway's live view of the network, built from the network alone.
+
+Entries come from nodes' control streams (a node joined this gateway) and heartbeats. An entry
+is dropped at once when its node's connection goes away, and ignored for routing once its last
+heartbeat is older than the TTL (a frozen process sends no TCP close); a later heartbeat brings
+it back. Nothing here is persisted: a gateway restart rebuilds it within one heartbeat.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Iterable
+
+from tooti.wire import pb
+
+
+@dataclasses.dataclass
+class NodeEntry:
+    peer_id: str
+    name: str
+    namespace: str
+    models: frozenset[str]
+    capacity: int
+    in_flight: int  # as the node last reported it
+    ttft_ms: float
+    tps: float
+    healthy: bool
+    version: str
+    seq: int
+    last_seen: float  # monotonic
+    last_heartbeat_ms: int  # the node's wall clock, for display
+    rtt_ms: float | None = None
+    local_in_flight: int = 0  # exchanges this gateway has open to the node right now
+    failures: int = 0
+    cooldown_until: float = 0.0
+
+    def load(self) -> int:
+        """Best estimate of the node's current load: what it said, or what we know we sent."""
+        return max(self.in_flight, self.local_in_flight)
+
+    def free(self) -> int:
+        return self.capacity - self.load()
+
+
+class Registry:
+    def __init__(self, *, ttl: float) -> None:
+        self.ttl = ttl
+        self._nodes: dict[str, NodeEntry] = {}
+        self.rejected_heartbeats = 0
+
+    def update(self, peer_id: str, ann: pb.Announcement, *, now: float | None = None) -> NodeEntry | None:
+        """Insert or refresh the entry for ``peer_id`` from an announcement it was verified to
+        have sent. Out-of-order announcements (older ``seq``) are ignored and return None."""
+        now = time.monotonic() if now is None else now
+        entry = self._nodes.get(peer_id)
+        if entry is not None and ann.seq and ann.seq <= entry.seq and now - entry.last_seen < self.ttl:
+            return None
+        fields = dict(
+            name=ann.name, namespace=ann.namespace, models=frozenset(m.name for m in ann.models),
+            capacity=max(1, ann.capacity), in_flight=ann.in_flight, ttft_ms=ann.ttft_ms_ema,
+            tps=ann.decode_tps_ema, healthy=ann.backend_healthy, version=ann.version, seq=ann.seq,
+            last_seen=now, last_heartbeat_ms=ann.timestamp_ms,
+        )
+        if entry is None:
+            entry = NodeEntry(peer_id=peer_id, **fields)
+            self._nodes[peer_id] = entry
+        else:
+            for k, v in fields.items():
+                setattr(entry, k, v)
+        return entry
+
+    def drop(self, peer_id: str) -> None:
+        self._nodes.pop(peer_id, None)
+
+    def get(self, peer_id: str) -> NodeEntry | None:
+        return self._nodes.get(peer_id)
+
+    def live(self, now: float | None = None) -> list[NodeEntry]:
+        """Entries whose last heartbeat is within the TTL."""
+        now = time.monotonic() if now is None else now
+        return [e for e in self._nodes.values() if now - e.last_seen <= self.ttl]
+
+    def all(self) -> Iterable[NodeEntry]:
+        return self._nodes.values()
+
+    def namespaces(self) -> set[str]:
+        return {e.namespace for e in self.live() if e.namespace}
+
+    def serving(self, model: str, namespaces: set[str] | None) -> list[NodeEntry]:
+        """Live, healthy entries serving ``model``; only within ``namespaces`` when given
+        (``""`` in that set stands for the public pool)."""
+        return [
+            e for e in self.live()
+            if e.healthy and model in e.models and (namespaces is None or e.namespace in namespaces)
+        ]
+
+    def model_ids(self) -> list[tuple[str, str]]:
+        """(model id, owner) pairs for /v1/models: ``model`` for every model, plus
+        ``namespace:model`` for models served under a namespace."""
+        out: dict[str, str] = {}
+        for e in self.live():
+            if not e.healthy:
+                continue
+            for m in e.models:
+                out.setdefault(m, e.namespace or "tooti")
+                if e.namespace:
+                    out[f"{e.namespace}:{m}"] = e.namespace
+        return sorted(out.items())

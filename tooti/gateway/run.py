@@ -1,0 +1,71 @@
+"""``tooti gateway start``: one trio run holding the libp2p host, the registry and the HTTP server."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve
+from multiaddr import Multiaddr
+
+from tooti.config import GatewayConfig
+from tooti.p2p import protocols
+from tooti.p2p.host import build_host, guarded
+from tooti.p2p.identity import load_or_create
+
+from .app import Accounts, create_app
+from .core import Gateway, NamespaceCheck
+
+log = logging.getLogger("tooti.gateway")
+
+
+class Started:
+    """What a running gateway tells whoever started it."""
+
+    def __init__(self, gateway: Gateway, http_urls: list[str], p2p_addrs: list[str]) -> None:
+        self.gateway = gateway
+        self.http_urls = http_urls
+        self.p2p_addrs = p2p_addrs
+
+
+async def run_gateway(
+    cfg: GatewayConfig,
+    *,
+    accounts: Accounts | None = None,
+    namespace_check: NamespaceCheck | None = None,
+    known_namespaces: Callable[[], set[str]] = set,
+    task_status: trio.TaskStatus[Started] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run a gateway until cancelled. ``task_status.started`` gets a :class:`Started` once
+    both the p2p host and the HTTP server listen."""
+    key_pair = load_or_create(cfg.gateway.identity_key_file)
+    host = build_host(key_pair)
+    gw = Gateway(
+        host, ttl=cfg.registry.heartbeat_ttl_sec, max_attempts=cfg.routing.max_attempts,
+        first_token_timeout=cfg.timeouts.first_token_sec, total_timeout=cfg.timeouts.total_sec,
+        namespace_check=namespace_check, known_namespaces=known_namespaces,
+    )
+    host.set_stream_handler(protocols.CONTROL, guarded("control")(gw.handle_control))
+    app = create_app(gw, max_body_bytes=cfg.gateway.max_body_bytes, accounts=accounts)
+    hc = HypercornConfig()
+    hc.bind = [cfg.gateway.http_listen]
+    hc.accesslog = None
+    hc.errorlog = logging.getLogger("hypercorn.error")
+    hc.keep_alive_timeout = 75
+    async with host.run(listen_addrs=[Multiaddr(a) for a in cfg.network.listen]):
+        try:
+            p2p = [f"{a}" if "/p2p/" in str(a) else f"{a}/p2p/{gw.peer_id}" for a in host.get_addrs()]
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(gw.expire_loop)
+                urls = await nursery.start(_serve, app, hc)
+                log.info("gateway %s listening: http %s, p2p %s", gw.peer_id, ", ".join(urls), ", ".join(p2p))
+                task_status.started(Started(gw, urls, p2p))
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(2):
+                await host.close()
+
+
+async def _serve(app, hc: HypercornConfig, *, task_status=trio.TASK_STATUS_IGNORED) -> None:  # type: ignore[no-untyped-def]
+    await serve(app, hc, task_status=task_status, mode="asgi")

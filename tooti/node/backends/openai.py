@@ -1,0 +1,128 @@
+"""OpenAI-compatible backends: vLLM, llama.cpp server, SGLang, LM Studio, ...
+
+The client's body is sent as-is (every field: tools, response_format, seed, ...), with only
+``model`` set to the backend's name and, when the gateway wants usage for its ledger,
+``stream_options.include_usage`` turned on. A usage chunk the client did not ask for is
+recorded and dropped from the stream.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+
+from ._sse import DONE, EventSplitter, error_body, inspect_event, usage_from
+from .base import Backend, BackendError, Reply, Request
+
+_PATHS = {"chat": "/v1/chat/completions", "completions": "/v1/completions", "embeddings": "/v1/embeddings"}
+
+
+class OpenAIBackend(Backend):
+    kind = "openai"
+
+    def __init__(self, base_url: str, client: httpx.AsyncClient, *, api_key: str | None = None) -> None:
+        base = base_url.rstrip("/")
+        # Accept both "http://host:port" and "http://host:port/v1".
+        self._base = base[:-3] if base.endswith("/v1") else base
+        self._client = client
+        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+    async def list_models(self) -> list[str]:
+        try:
+            r = await self._client.get(self._base + "/v1/models", headers=self._headers)
+            r.raise_for_status()
+            data = r.json().get("data") or []
+        except (httpx.HTTPError, ValueError, AttributeError) as exc:
+            raise BackendError(f"cannot list models at {self._base}: {type(exc).__name__}") from None
+        return [m["id"] for m in data if isinstance(m, dict) and isinstance(m.get("id"), str)]
+
+    async def healthy(self) -> bool:
+        try:
+            r = await self._client.get(self._base + "/v1/models", headers=self._headers, timeout=2.0)
+            return r.status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    @asynccontextmanager
+    async def open(self, request: Request) -> AsyncIterator[Reply]:
+        url = self._base + _PATHS[request.route]
+        content = json.dumps(request.body, separators=(",", ":")).encode()
+        headers = {**self._headers, "Content-Type": "application/json"}
+        try:
+            response = await self._client.send(
+                self._client.build_request("POST", url, content=content, headers=headers), stream=True
+            )
+        except httpx.HTTPError as exc:
+            raise BackendError(f"backend unreachable: {type(exc).__name__}") from None
+        try:
+            if response.status_code != 200:
+                yield await _error_reply(response)
+            elif request.stream and response.headers.get("content-type", "").startswith("text/event-stream"):
+                reply = Reply(200, "text/event-stream", _one(b""))
+                # The generator records usage on the reply it belongs to as it sees it.
+                reply.blocks = _stream_blocks(response, request, reply)
+                yield reply
+            else:
+                yield await _whole_reply(response)
+        finally:
+            await response.aclose()
+
+
+async def _error_reply(response: httpx.Response) -> Reply:
+    try:
+        raw = await response.aread()
+    except httpx.HTTPError as exc:
+        raise BackendError(f"backend failed: {type(exc).__name__}") from None
+    try:
+        obj = json.loads(raw)
+        ok = isinstance(obj, dict) and isinstance(obj.get("error"), dict)
+    except ValueError:
+        ok = False
+    if not ok:
+        text = raw.decode(errors="replace")[:500]
+        raw = error_body(f"backend returned HTTP {response.status_code}: {text}", code="backend_error")
+    return Reply(response.status_code, "application/json", _one(raw))
+
+
+async def _whole_reply(response: httpx.Response) -> Reply:
+    try:
+        raw = await response.aread()
+    except httpx.HTTPError as exc:
+        raise BackendError(f"backend failed: {type(exc).__name__}") from None
+    try:
+        obj = json.loads(raw)
+    except ValueError:
+        raise BackendError("backend returned invalid JSON") from None
+    usage = usage_from(obj) if isinstance(obj, dict) else None
+    return Reply(200, "application/json", _one(raw), usage)
+
+
+async def _one(raw: bytes) -> AsyncIterator[bytes]:
+    yield raw
+
+
+async def _stream_blocks(response: httpx.Response, request: Request, reply: Reply) -> AsyncIterator[bytes]:
+    """Yield complete SSE events, coalescing everything one read delivered into one block."""
+    splitter = EventSplitter()
+    try:
+        async for chunk in response.aiter_raw():
+            out: list[bytes] = []
+            for event in splitter.feed(chunk):
+                if event.startswith(DONE):
+                    continue
+                usage, usage_only = inspect_event(event)
+                if usage is not None:
+                    reply.usage = usage
+                if usage_only and not request.client_usage:
+                    continue
+                out.append(event + b"\n\n")
+            if out:
+                yield b"".join(out)
+    except httpx.HTTPError as exc:
+        raise BackendError(f"backend stream broke: {type(exc).__name__}") from None
+    if splitter.pending.strip() and not splitter.pending.startswith(DONE):
+        raise BackendError("backend stream ended inside an event")

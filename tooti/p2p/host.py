@@ -1,0 +1,129 @@
+"""Building a libp2p host the way tooti needs it, and guarding its stream handlers.
+
+Every host here is:
+
+* **Noise only.** py-libp2p's defaults also accept ``/plaintext/2.0.0``, with which a dialer
+  can claim any peer id whose public key it knows; with Noise the peer id is proven by the
+  handshake, so every "who sent this" check downstream can trust ``stream.muxed_conn.peer_id``.
+* **yamux** as the only muxer.
+* **Dial-fast.** The swarm waits out a 250 ms happy-eyeballs delay after every successful
+  dial; we have one address per peer and set it to zero.
+* **Quiet about connections it does not own**: no auto-connector topping up to 100 peers.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+
+import libp2p
+import libp2p.network.swarm as _swarm
+import trio
+from libp2p.abc import IHost, INetStream
+from libp2p.crypto.keys import KeyPair
+from libp2p.crypto.x25519 import create_new_key_pair as _new_x25519
+from libp2p.network.config import ConnectionConfig
+from libp2p.peer.id import ID
+from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
+from libp2p.security.noise.transport import Transport as NoiseTransport
+from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
+from libp2p.stream_muxer.yamux.yamux import Yamux
+
+log = logging.getLogger("tooti.p2p")
+
+# See module docstring: one address per peer, so there is nothing to race.
+_swarm._HAPPY_EYEBALLS_DELAY = 0
+
+# yamux caps open outbound streams per connection at 256 and then blocks silently; tooti
+# bounds its own concurrency per node far below this and raises the cap so that the bound
+# that bites is ours (with a clear "busy" answer), not the muxer's.
+STREAM_CAP = 4096
+
+StreamHandler = Callable[[INetStream], Awaitable[None]]
+
+
+def _route_libp2p_logs() -> None:
+    # `import libp2p` turns propagation off, hiding its logs from our handlers; its debug
+    # chatter stays below WARNING unless an operator asks for it.
+    lg = logging.getLogger("libp2p")
+    lg.propagate = True
+    if lg.level == logging.NOTSET:
+        lg.setLevel(logging.WARNING)
+    # Every inbound DHT stream logs a spurious "Failed to read DHT message" warning.
+    logging.getLogger("libp2p.kad_dht").setLevel(logging.ERROR)
+
+
+def build_host(key_pair: KeyPair) -> IHost:
+    """A new, not yet running host. Run it with ``async with host.run(listen_addrs=[...])``;
+    an empty list is fine for a peer that only dials out."""
+    _route_libp2p_logs()
+    noise = NoiseTransport(key_pair, noise_privkey=_new_x25519().private_key)
+    return libp2p.new_host(
+        key_pair=key_pair,
+        sec_opt={NOISE_PROTOCOL_ID: noise},
+        muxer_opt={YAMUX_PROTOCOL_ID: Yamux},
+        connection_config=ConnectionConfig(
+            max_connections_per_peer=1,
+            min_connections=0,
+            low_watermark=0,
+            auto_connect_interval=3600.0,
+        ),
+    )
+
+
+def peer_of(stream: INetStream) -> ID:
+    """The Noise-verified peer at the other end of ``stream``."""
+    return stream.muxed_conn.peer_id
+
+
+def raise_stream_cap(stream: INetStream) -> None:
+    """Lift yamux's 256 outbound-stream cap on the connection under ``stream`` (see STREAM_CAP)."""
+    conn = stream.muxed_conn
+    sem = getattr(conn, "stream_backlog_semaphore", None)
+    limit = getattr(conn, "stream_backlog_limit", None)
+    if sem is None or limit is None or limit >= STREAM_CAP:
+        return
+    extra = STREAM_CAP - limit
+    conn.stream_backlog_limit = STREAM_CAP
+    for _ in range(extra):
+        sem.release()
+
+
+def guarded(name: str) -> Callable[[StreamHandler], StreamHandler]:
+    """Wrap a stream handler so nothing it raises can reach the host.
+
+    py-libp2p lets one exception escaping a handler tear down the whole host (and every
+    other task in the same ``trio.run``). The boundary logs the failure with the peer id
+    (never payloads), resets the stream so the peer sees an error rather than a clean end,
+    and returns.
+    """
+
+    def decorate(handler: StreamHandler) -> StreamHandler:
+        @functools.wraps(handler)
+        async def wrapper(stream: INetStream) -> None:
+            try:
+                await handler(stream)
+            except trio.Cancelled:
+                raise
+            except BaseException as exc:  # noqa: BLE001 - this is the boundary
+                if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                    raise
+                log.warning("%s handler failed for peer %s: %s: %s", name,
+                            _safe_peer(stream), type(exc).__name__, exc)
+                with trio.CancelScope(shield=True), trio.move_on_after(1):
+                    try:
+                        await stream.reset()
+                    except Exception:  # noqa: BLE001 - already failing; best effort
+                        pass
+
+        return wrapper
+
+    return decorate
+
+
+def _safe_peer(stream: INetStream) -> str:
+    try:
+        return str(peer_of(stream))
+    except Exception:  # noqa: BLE001
+        return "?"

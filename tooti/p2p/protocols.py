@@ -1,0 +1,12 @@
+"""Protocol ids and topic names: the network's versioned vocabulary, in one place."""
+
+from libp2p.custom_types import TProtocol
+
+#: gateway -> node: InferenceRequest / ResponseFrame exchanges, stream reusable between them
+INFERENCE = TProtocol("/tooti/inference/1.0.0")
+#: node -> gateway: Hello / Welcome, then heartbeats for as long as the node is connected
+CONTROL = TProtocol("/tooti/control/1.0.0")
+#: gossipsub topic for signed heartbeats (Announcement)
+HEARTBEAT_TOPIC = "/tooti/heartbeat/1"
+#: private Kademlia DHT protocol (never the public IPFS DHT)
+DHT_PROTOCOL = TProtocol("/tooti/kad/1.0.0")
