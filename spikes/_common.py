@@ -211,6 +211,34 @@ class ConnWatcher(INotifee):
         pass
 
 
+def MS(t0: float) -> float:
+    return round((time.perf_counter() - t0) * 1000, 1)
+
+
+async def echo_handler(stream) -> None:
+    # Trap 2: an exception escaping a handler kills the host -> always a boundary.
+    try:
+        data = await stream.read(1024)
+        await stream.write(b"echo:" + data)
+        await stream.close()
+    except Exception:
+        await stream.reset()
+
+
+async def echo(host, peer: ID) -> tuple[bytes, float]:
+    t0 = time.perf_counter()
+    s = await host.new_stream(peer, [ECHO_PROTOCOL])
+    await s.write(b"hi")
+    reply = await s.read(1024)
+    await s.close()
+    return reply, MS(t0)
+
+
+def conns(host, peer: ID) -> list:
+    return [(c.direction.name, c.get_connection_type().name, [str(a) for a in c.get_transport_addresses()])
+            for c in host.get_network().get_connections(peer)]
+
+
 # -- tiny file rendezvous between the spike processes ---------------------------------
 def write_json(path: Path, obj) -> None:
     tmp = path.with_suffix(".tmp")

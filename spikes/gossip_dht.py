@@ -36,39 +36,12 @@ from libp2p.relay.circuit_v2.resources import RelayLimits
 from libp2p.relay.circuit_v2.transport import CircuitV2Transport
 from libp2p.tools.anyio_service import background_trio_service
 
-from _common import (ECHO_PROTOCOL, GATEWAYS_TOPIC, HEARTBEAT_TOPIC, ConnWatcher, drain,
-                     encode_heartbeat, gossipsub_and_pubsub, heartbeat_validator,
-                     load_or_create_identity, make_host, model_key, result,
-                     set_subscription_buffer, setup_logging, wait_json, write_json)
+from _common import (ECHO_PROTOCOL, GATEWAYS_TOPIC, HEARTBEAT_TOPIC, MS, ConnWatcher, conns, drain,
+                     echo, echo_handler, encode_heartbeat, gossipsub_and_pubsub, heartbeat_validator,
+                     load_or_create_identity, make_host, model_key, result, set_subscription_buffer,
+                     setup_logging, wait_json, write_json)
 
 LOCAL = Multiaddr("/ip4/127.0.0.1/tcp/0")
-MS = lambda t0: round((time.perf_counter() - t0) * 1000, 1)  # noqa: E731
-
-
-async def echo_handler(stream) -> None:
-    # Trap 2: an exception escaping a handler kills the host -> always a boundary.
-    try:
-        data = await stream.read(1024)
-        await stream.write(b"echo:" + data)
-        await stream.close()
-    except Exception:
-        await stream.reset()
-
-
-async def echo(host, peer: ID) -> tuple[bytes, float]:
-    t0 = time.perf_counter()
-    s = await host.new_stream(peer, [ECHO_PROTOCOL])
-    await s.write(b"hi")
-    reply = await s.read(1024)
-    await s.close()
-    return reply, MS(t0)
-
-
-def conns(host, peer: ID) -> list:
-    return [(c.direction.name, c.get_connection_type().name, [str(a) for a in c.get_transport_addresses()])
-            for c in host.get_network().get_connections(peer)]
-
-
 async def run_gateway1(st: Path, deadline: float) -> None:
     host = make_host(load_or_create_identity(st / "gateway1.key"))
     gossipsub, pubsub = gossipsub_and_pubsub(host)
@@ -153,7 +126,7 @@ async def run_node(st: Path, deadline: float) -> None:
 
             t = time.perf_counter()  # relay v2 reservation on gateway1 (refreshed by relay_tp)
             s = await host.new_stream(g1.peer_id, [HOP_PROTOCOL_ID])
-            ok = await relay_tp.reserve(s, g1.peer_id, nursery)
+            ok = await relay_tp.reserve(s, g1.peer_id, nursery)  # nursery runs the refresher
             await s.close()
             result("node", relay_reserved=ok, reserve_ms=MS(t))
 
@@ -176,23 +149,18 @@ async def run_gateway2(st: Path, deadline: float) -> None:
     relay = CircuitV2Protocol(host, allow_hop=False)
     relay_tp = CircuitV2Transport(host, relay, RelayConfig(roles=RelayRole.STOP | RelayRole.CLIENT))
     g1 = info_from_p2p_addr(Multiaddr((await wait_json(st / "gateway1.json"))["addr"]))
-    first_seen: dict[ID, float] = {}
-    node_up, node_down = trio.Event(), trio.Event()
-    state: dict = {}
+    node_up, node_down, state = trio.Event(), trio.Event(), {}
 
     def on_heartbeat(msg) -> None:
         sender = ID(msg.from_id)  # verified origin (signature + validator), NOT the forwarder
-        if sender not in first_seen:
-            first_seen[sender] = time.time()
-            hb = json.loads(msg.data)
-            result("gateway2", first_heartbeat_at=first_seen[sender], from_id=str(sender),
-                   payload_peer_id=hb["peer_id"], since_node_start_ms=round((first_seen[sender] - hb["t_start"]) * 1000, 1))
-            state["node"] = sender
+        if "node" not in state:
+            now, hb, state["node"] = time.time(), json.loads(msg.data), sender
+            result("gateway2", first_heartbeat_at=now, from_id=str(sender), payload_peer_id=hb["peer_id"],
+                   since_node_start_ms=round((now - hb["t_start"]) * 1000, 1))
 
     def on_up(peer: ID, conn) -> None:
         if peer == state.get("node") and state.get("await_direct"):
-            state["direct_at"] = time.perf_counter()
-            node_up.set()
+            state["direct_at"] = time.perf_counter(); node_up.set()  # noqa: E702
 
     def on_down(peer: ID, conn) -> None:
         if peer == state.get("node") and state.get("await_down"):
@@ -303,13 +271,10 @@ def orchestrate(st: Path, verbose: bool) -> None:
     print(f"node launched at {procs['node'][1]:.3f} (launch -> first heartbeat at gateway2 below)")
     for role in ("gateway", "node", "gateway2"):
         for line in (st / f"{role}.log").read_text().splitlines():
-            if line.startswith("RESULT "):
-                r = json.loads(line[7:])
-                if "first_heartbeat_at" in r:
-                    r["since_node_launch_ms"] = round((r["first_heartbeat_at"] - procs["node"][1]) * 1000, 1)
-                print(json.dumps(r))
-            elif "Traceback" in line or "Error" in line:
-                print(f"[{role}] {line}")
+            r = json.loads(line[7:]) if line.startswith("RESULT ") else {"role": role, "log": line}
+            if "first_heartbeat_at" in r:
+                r["since_node_launch_ms"] = round((r["first_heartbeat_at"] - procs["node"][1]) * 1000, 1)
+            print(json.dumps(r))
     print(f"logs: {st}")
 
 

@@ -228,6 +228,8 @@ INVALID: Any = _Invalid()
 
 @dataclass
 class Ctx:
+    """State of one file's check: where problems go and where paths resolve."""
+
     file: str
     base_dir: Path  # relative paths in the file resolve against this
     problems: list[Problem] = field(default_factory=list)
@@ -246,6 +248,8 @@ PostHook = Callable[[Ctx, dict[str, Entry], dict[str, Any], str, int | None], No
 
 @dataclass(frozen=True)
 class Field:
+    """How one key of a section is checked: a value checker or a nested section."""
+
     check: Checker | None = None
     section: Section | None = None  # set instead of check for nested sections
     required: bool = False
@@ -254,12 +258,15 @@ class Field:
 
 @dataclass(frozen=True)
 class Section:
+    """A mapping's allowed keys and the dataclass its values build."""
+
     cls: type
     fields: dict[str, Field]
     post: PostHook | None = None
 
 
 def join(path: str, key: str) -> str:
+    """Extend a dotted key path: ``join("network", "listen") == "network.listen"``."""
     return f"{path}.{key}" if path else key
 
 
@@ -332,10 +339,12 @@ def _unknown_key_message(key: str, known: dict[str, Field]) -> str:
 
 
 def is_null(node: yaml.Node) -> bool:
+    """Whether ``node`` is YAML null (``~``, ``null`` or nothing at all)."""
     return isinstance(node, yaml.ScalarNode) and node.tag == NULL
 
 
 def type_error(ctx: Ctx, node: yaml.Node, path: str, expected: str) -> Any:
+    """Report "expected X, got Y" without echoing the value; return INVALID."""
     got = describe(node)
     hint = ""
     if expected == "a string" and isinstance(node, yaml.ScalarNode) and not is_null(node):
@@ -355,6 +364,7 @@ def string(ctx: Ctx, node: yaml.Node, path: str) -> Any:
 
 
 def nonempty_string(ctx: Ctx, node: yaml.Node, path: str) -> Any:
+    """A string with at least one non-blank character."""
     value = string(ctx, node, path)
     if value is not INVALID and not value.strip():
         return ctx.report(node, path, "must not be empty")
@@ -362,6 +372,8 @@ def nonempty_string(ctx: Ctx, node: yaml.Node, path: str) -> Any:
 
 
 def integer(minimum: int, maximum: int | None = None) -> Checker:
+    """Checker for an integer in ``minimum..maximum`` (no upper bound if None)."""
+
     def check(ctx: Ctx, node: yaml.Node, path: str) -> Any:
         # bool is a distinct YAML tag, so `true` never sneaks in as 1.
         if not (isinstance(node, yaml.ScalarNode) and node.tag == INT):
@@ -378,9 +390,13 @@ def integer(minimum: int, maximum: int | None = None) -> Checker:
 
 
 def positive_number(ctx: Ctx, node: yaml.Node, path: str) -> Any:
+    """A finite number > 0, returned as float; integers are accepted."""
     if not (isinstance(node, yaml.ScalarNode) and node.tag in (INT, FLOAT)):
         return type_error(ctx, node, path, "a number")
-    value = float(construct_scalar(node))  # type: ignore[arg-type]
+    try:
+        value = float(construct_scalar(node))  # type: ignore[arg-type]
+    except OverflowError:  # an integer literal too large for a float
+        value = math.inf
     if not math.isfinite(value):
         return ctx.report(node, path, "must be a finite number")
     if value <= 0:
@@ -389,6 +405,8 @@ def positive_number(ctx: Ctx, node: yaml.Node, path: str) -> Any:
 
 
 def one_of(*choices: str) -> Checker:
+    """Checker for a string that must be one of ``choices``."""
+
     def check(ctx: Ctx, node: yaml.Node, path: str) -> Any:
         value = string(ctx, node, path)
         if value is INVALID or value in choices:
@@ -404,12 +422,15 @@ def one_of(*choices: str) -> Checker:
 
 
 def list_of(item: Checker, *, min_items: int = 0) -> Checker:
+    """Checker for a list whose items all pass ``item``; returns a tuple."""
+
     def check(ctx: Ctx, node: yaml.Node, path: str) -> Any:
         if not isinstance(node, yaml.SequenceNode):
             return type_error(ctx, node, path, "a list")
         values = [item(ctx, child, f"{path}[{i}]") for i, child in enumerate(node.value)]
         if len(values) < min_items:
-            return ctx.report(node, path, f"must list at least {min_items} entr{'y' if min_items == 1 else 'ies'}")
+            noun = "entry" if min_items == 1 else "entries"
+            return ctx.report(node, path, f"must list at least {min_items} {noun}")
         if any(v is INVALID for v in values):
             return INVALID
         return tuple(values)

@@ -110,15 +110,31 @@ def _cmd_node_start(args: argparse.Namespace) -> int:
     async def _main() -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_cancel_on_signals, nursery.cancel_scope)
-            await run_node(cfg)
-            nursery.cancel_scope.cancel()
+            agent = await nursery.start(run_node, cfg)
+            await agent.ready.wait()
+            print(f"tooti node ready: peer={agent.host.get_id()} models={','.join(sorted(agent.models))}",
+                  flush=True)
 
     try:
         trio.run(_main)
-    except NamespaceRefused as exc:
-        print(f"tooti node: refused by the network: {exc}; serving nothing", file=sys.stderr)
+    except BaseException as exc:  # noqa: BLE001 - nurseries wrap errors in groups
+        refused = _find(exc, NamespaceRefused)
+        if refused is None:
+            raise
+        print(f"tooti node: refused by the network: {refused}; serving nothing", file=sys.stderr)
         return 3
     return 0
+
+
+def _find(exc: BaseException, kind: type[BaseException]) -> BaseException | None:
+    if isinstance(exc, kind):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _find(inner, kind)
+            if found is not None:
+                return found
+    return None
 
 
 def _cmd_gateway_start(args: argparse.Namespace) -> int:

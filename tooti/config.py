@@ -69,6 +69,7 @@ DATABASE_URL_ENV = "TOOTI_DATABASE_URL"
 
 _DB_URL_PREFIXES = ("sqlite:///", "postgres://", "postgresql://")
 
+_Entries = dict[str, _yp.Entry]
 
 
 class ConfigError(Exception):
@@ -225,6 +226,10 @@ class GatewayConfig:
     timeouts: GatewayTimeouts = field(default_factory=GatewayTimeouts)
 
 
+# --------------------------------------------------------------------------
+# Value checkers specific to tooti (generic ones live in _yaml_positions).
+# Each returns the checked value, or records a problem and returns INVALID.
+
 
 _NAMESPACE_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 
@@ -303,7 +308,9 @@ def _multiaddr(*, peer_id: bool) -> _yp.Checker:
             return text
         protocols = [p.name for p in addr.protocols()]
         if protocols[-1] != "p2p":
-            return ctx.report(node, path, "must end with /p2p/<peer id> so the dialer can verify whom it reached")
+            return ctx.report(
+                node, path, "must end with /p2p/<peer id> so the dialer can verify whom it reached"
+            )
         if len(protocols) < 2:
             return ctx.report(node, path, "needs a transport address before /p2p/<peer id>")
         peer = addr.value_for_protocol("p2p")
@@ -314,7 +321,6 @@ def _multiaddr(*, peer_id: bool) -> _yp.Checker:
         return text
 
     return check
-
 
 
 def _key_file(ctx: _yp.Ctx, node: yaml.Node, path: str) -> Any:
@@ -417,26 +423,53 @@ def _database_url(ctx: _yp.Ctx, node: yaml.Node, path: str) -> Any:
 # Cross-field checks
 
 
-def _backend_post(ctx: _yp.Ctx, entries: dict[str, _yp.Entry], values: dict[str, Any], path: str, line: int | None) -> None:
+def _backend_post(
+    ctx: _yp.Ctx, entries: _Entries, values: dict[str, Any], path: str, line: int | None
+) -> None:
     kind = values.get("type")
     if kind is not None and kind != "loopback" and "base_url" not in entries:
         ctx.report(line, _yp.join(path, "base_url"), f"missing required key (needed for type {kind!r})")
 
 
-def _models_post(ctx: _yp.Ctx, entries: dict[str, _yp.Entry], values: dict[str, Any], path: str, line: int | None) -> None:
+def _models_post(
+    ctx: _yp.Ctx, entries: _Entries, values: dict[str, Any], path: str, line: int | None
+) -> None:
     if values.get("allow") == ():
         ctx.report(entries["allow"].value_node, _yp.join(path, "allow"),
                    "empty list would serve no models; remove the key to serve every model")
 
 
-def _timeouts_post(ctx: _yp.Ctx, entries: dict[str, _yp.Entry], values: dict[str, Any], path: str, line: int | None) -> None:
+def _timeouts_post(
+    ctx: _yp.Ctx, entries: _Entries, values: dict[str, Any], path: str, line: int | None
+) -> None:
     first, total = values.get("first_token_sec"), values.get("total_sec")
     if first is not None and total is not None and first > total:
         ctx.report(entries["first_token_sec"].value_node, _yp.join(path, "first_token_sec"),
                    f"must not exceed total_sec ({total:g})")
 
 
-def _gateway_post(ctx: _yp.Ctx, entries: dict[str, _yp.Entry], values: dict[str, Any], path: str, line: int | None) -> None:
+def _default_gateway_key_file(ctx: _yp.Ctx, line: int | None) -> Path:
+    # The default key file lives beside the config file, like explicit
+    # relative paths, and must be just as usable.
+    key_file = ctx.base_dir / GatewaySection.identity_key_file
+    why = _key_file_problem(key_file)
+    if why is not None:
+        ctx.report(line, "gateway.identity_key_file", why)
+    return key_file
+
+
+def _gateway_section_post(
+    ctx: _yp.Ctx, entries: _Entries, values: dict[str, Any], path: str, line: int | None
+) -> None:
+    if "identity_key_file" not in entries:
+        values["identity_key_file"] = _default_gateway_key_file(ctx, line)
+
+
+def _gateway_post(
+    ctx: _yp.Ctx, entries: _Entries, values: dict[str, Any], path: str, line: int | None
+) -> None:
+    if "gateway" not in entries:
+        values["gateway"] = GatewaySection(identity_key_file=_default_gateway_key_file(ctx, None))
     override = os.environ.get(DATABASE_URL_ENV)
     if not override:
         return
@@ -487,7 +520,7 @@ _GATEWAY_SCHEMA = _yp.Section(GatewayConfig, {
         "max_body_bytes": _yp.Field(_yp.integer(1024)),
         "auth": _yp.Field(_yp.one_of("keys", "open")),
         "id": _yp.Field(_yp.nonempty_string),
-    })),
+    }, post=_gateway_section_post)),
     "network": _yp.Field(section=_yp.Section(GatewayNetwork, {
         "listen": _yp.Field(_yp.list_of(_multiaddr(peer_id=False))),
         "bootstrap": _yp.Field(_yp.list_of(_multiaddr(peer_id=True))),
@@ -495,7 +528,9 @@ _GATEWAY_SCHEMA = _yp.Section(GatewayConfig, {
     })),
     "database": _yp.Field(section=_yp.Section(DatabaseSection, {"url": _yp.Field(_database_url)})),
     "registry": _yp.Field(section=_yp.Section(RegistrySection, {"heartbeat_ttl_sec": _SECONDS})),
-    "routing": _yp.Field(section=_yp.Section(RoutingSection, {"max_attempts": _yp.Field(_yp.integer(1, 10))})),
+    "routing": _yp.Field(section=_yp.Section(RoutingSection, {
+        "max_attempts": _yp.Field(_yp.integer(1, 10)),
+    })),
     "timeouts": _yp.Field(section=_yp.Section(GatewayTimeouts, {
         "first_token_sec": _SECONDS,
         "total_sec": _SECONDS,
@@ -527,7 +562,9 @@ def _detect_kind(keys: set[str]) -> ConfigKind | None:
     return None
 
 
-def _check(path: str | os.PathLike[str], kind: ConfigKind | None) -> tuple[ConfigKind | None, list[Problem], Any]:
+def _check(
+    path: str | os.PathLike[str], kind: ConfigKind | None
+) -> tuple[ConfigKind | None, list[Problem], Any]:
     """Check a file; return ``(kind, problems, config or None)``.  OSError propagates."""
     if kind not in (None, "node", "gateway"):
         raise ValueError(f"kind must be 'node', 'gateway' or None, not {kind!r}")

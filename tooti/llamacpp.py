@@ -75,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     params.cpuparams_batch.n_threads = args.threads
     params.model_alias = [args.alias] if not isinstance(params.model_alias, str) else args.alias
     params.embedding = True
+    # The chat model has no pooling of its own; OpenAI's embeddings are one vector per input.
+    params.pooling_type = xllamacpp.llama_pooling_type.LLAMA_POOLING_TYPE_MEAN
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

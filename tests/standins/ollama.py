@@ -289,11 +289,14 @@ class OllamaStandin:
                     if fault == "malformed":
                         await _body(send, b'{"model": "broken", "message": {"content": \n', more=True)
                     elif fault == "error":
-                        await _body(send, _ndjson({"error": "an error was encountered while running the model"}), more=True)
+                        error = {"error": "an error was encountered while running the model"}
+                        await _body(send, _ndjson(error), more=True)
                     if fault != "drop":
                         await _body(send, b"", more=False)
                 else:
                     generated = True
+                    # Counted before the last line leaves, so a client that saw it sees the count.
+                    self.stats["completed"] += 1
                     if streaming:
                         await _body(send, _ndjson(finish()), more=True)
                         await _body(send, b"", more=False)
@@ -308,10 +311,10 @@ class OllamaStandin:
                 # The server failed to write: the client is gone.
                 disconnected = not generated
             nursery.cancel_scope.cancel()
-        if faulted:
-            # Returning with the body unfinished makes hypercorn close the connection: a dropped stream.
-            return
-        self.stats["cancelled" if disconnected else "completed"] += 1
+        # A faulted stream is neither; returning with its body unfinished makes hypercorn close the
+        # connection, which is how "drop" drops it.
+        if disconnected and not faulted:
+            self.stats["cancelled"] += 1
 
     # -- /api/embed ----------------------------------------------------------------------------
 
@@ -383,15 +386,18 @@ def _merge_messages(lines: list[dict[str, Any]], final: dict[str, Any]) -> dict[
 def _check_message(message: Any) -> None:
     if not isinstance(message, dict):
         raise _HTTPError(400, "json: cannot unmarshal into Go value of type api.Message")
-    if not isinstance(message.get("content", ""), str):
-        raise _HTTPError(400, "json: cannot unmarshal array into Go struct field Message.messages.content of type string")
+    # Go leaves a string field alone for JSON null, so null is accepted; other types are not.
+    if not isinstance(message.get("content") or "", str):
+        raise _HTTPError(
+            400, "json: cannot unmarshal array into Go struct field Message.messages.content of type string"
+        )
     for call in message.get("tool_calls") or []:
         arguments = (call.get("function") or {}).get("arguments")
         if not isinstance(arguments, dict):
             raise _HTTPError(
                 400,
-                "json: cannot unmarshal string into Go struct field ToolCallFunction.messages.tool_calls.function.arguments"
-                " of type api.ToolCallFunctionArguments",
+                "json: cannot unmarshal string into Go struct field"
+                " ToolCallFunction.messages.tool_calls.function.arguments of type api.ToolCallFunctionArguments",
             )
 
 

@@ -131,7 +131,7 @@ class UsageRow:
     prompt_tokens: int
     completion_tokens: int
     latency_ms: int
-    status: str
+    status: int  # HTTP status returned to the client (200, 502, ...)
     gateway_id: str = ""
 
 

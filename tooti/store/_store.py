@@ -30,9 +30,6 @@ __all__ = ["Store"]
 
 T = TypeVar("T")
 
-
-# -- the store --------------------------------------------------------------
-
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _KEY_COLUMNS = "prefix, owner, namespaces, models, expires_at, revoked_at, created_at"
 _NS_COLUMNS = "name, owner, allowed_peer_ids, created_at, rotated_at"
@@ -152,13 +149,19 @@ class Store:
         plaintext, hashed = await self._hash(secret)
         ns = Namespace(name, owner, peers, utcnow(), None)
         to_db = self._backend.to_db_time
-        await self._run(
-            lambda tx: tx.execute(
+        params = (name, hashed, json.dumps(list(peers)), owner, to_db(ns.created_at))
+
+        def insert(tx: Tx) -> None:
+            tx.execute(
                 "INSERT INTO namespaces (name, secret_hash, allowed_peer_ids, owner,"
                 " created_at, rotated_at) VALUES (?, ?, ?, ?, ?, NULL)",
-                (name, hashed, json.dumps(list(peers)), owner, to_db(ns.created_at)),
+                params,
             )
-        )
+
+        try:
+            await self._run(insert)
+        except AlreadyExists:
+            raise AlreadyExists(f"namespace {name!r} already exists") from None
         return ns, plaintext
 
     async def get_namespace(self, name: str) -> Namespace | None:
@@ -353,7 +356,7 @@ class Store:
             (
                 r.request_id, to_db(as_utc(r.at)), r.key_prefix, r.namespace,
                 r.node_peer_id, r.model, int(r.prompt_tokens),
-                int(r.completion_tokens), int(r.latency_ms), r.status, r.gateway_id,
+                int(r.completion_tokens), int(r.latency_ms), int(r.status), r.gateway_id,
             )
             for r in rows
         ]

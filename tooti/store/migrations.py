@@ -68,7 +68,7 @@ MIGRATIONS: tuple[Migration, ...] = (
                 prompt_tokens BIGINT NOT NULL,
                 completion_tokens BIGINT NOT NULL,
                 latency_ms BIGINT NOT NULL,
-                status TEXT NOT NULL,
+                status INTEGER NOT NULL,
                 gateway_id TEXT NOT NULL
             )""",
             # Summaries filter by time and, often, by key.

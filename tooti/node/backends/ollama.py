@@ -86,7 +86,7 @@ class OllamaBackend(Backend):
         try:
             response = await self._client.get(self._url("/api/tags"), headers=self._headers)
         except httpx.HTTPError as exc:
-            raise BackendError(f"ollama at {self._base_url} unreachable: {exc!r}") from exc
+            raise _backend_error(f"ollama at {self._base_url} unreachable", exc) from exc
         if response.status_code != 200:
             raise BackendError(f"ollama GET /api/tags answered {response.status_code}")
         try:
@@ -111,6 +111,7 @@ class OllamaBackend(Backend):
     async def open(self, request: Request) -> AsyncIterator[Reply]:
         try:
             plan = _plan(request)
+            content = _encode(plan.payload)
         except _BadRequest as exc:
             bad: _BadRequest | None = exc
         else:
@@ -119,13 +120,12 @@ class OllamaBackend(Backend):
             yield Reply(400, _JSON, _once(_error_document(400, str(bad), param=bad.param)))
             return
 
-        http_request = self._client.build_request(
-            "POST", self._url(plan.path), json=plan.payload, headers=self._headers
-        )
+        headers = {"Content-Type": _JSON, **self._headers}
+        http_request = self._client.build_request("POST", self._url(plan.path), content=content, headers=headers)
         try:
             response = await self._client.send(http_request, stream=True)
         except httpx.HTTPError as exc:
-            raise BackendError(f"ollama POST {plan.path} failed: {exc!r}") from exc
+            raise _backend_error(f"ollama POST {plan.path} failed", exc) from exc
         exchange = _Exchange(response)
         try:
             yield await exchange.reply(plan, request)
@@ -409,7 +409,7 @@ class _Exchange:
         try:
             return await self._response.aread()
         except httpx.HTTPError as exc:
-            raise BackendError(f"ollama {path}: reading the answer failed: {exc!r}") from exc
+            raise _backend_error(f"ollama {path}: reading the answer failed", exc) from exc
 
     async def aclose(self) -> None:
         """Close the blocks iterator and the HTTP response (so the backend sees the disconnect)."""
@@ -446,7 +446,7 @@ class _NDJSONReader:
                 self._eof = True
                 chunk = b"\n"  # a last line without its newline still counts
             except httpx.HTTPError as exc:
-                raise BackendError(f"ollama stream broke: {exc!r}") from exc
+                raise _backend_error("ollama stream broke", exc) from exc
             self._buffer += chunk
             *lines, self._buffer = self._buffer.split(b"\n")
             if len(self._buffer) > _MAX_LINE:
@@ -482,6 +482,9 @@ class _NDJSONReader:
 class _StreamTranslator:
     """Turns batches of Ollama stream objects into one block of OpenAI SSE events."""
 
+    #: the OpenAI ``object`` of every event
+    object = ""
+
     def __init__(self, ident: str, created: int, model: str, client_usage: bool) -> None:
         self._ident = ident
         self._created = created
@@ -513,7 +516,7 @@ class _StreamTranslator:
         raise NotImplementedError
 
     def _object(self, **fields: Any) -> dict[str, Any]:
-        raise NotImplementedError
+        return {"id": self._ident, "object": self.object, "created": self._created, "model": self._model, **fields}
 
     @staticmethod
     def _event(obj: dict[str, Any]) -> bytes:
@@ -521,13 +524,12 @@ class _StreamTranslator:
 
 
 class _ChatChunks(_StreamTranslator):
+    object = "chat.completion.chunk"
+
     def __init__(self, ident: str, created: int, model: str, client_usage: bool) -> None:
         super().__init__(ident, created, model, client_usage)
         self._started = False
         self._tool_calls = 0
-
-    def _object(self, **fields: Any) -> dict[str, Any]:
-        return {"id": self._ident, "object": "chat.completion.chunk", "created": self._created, "model": self._model, **fields}
 
     def _chunk(self, delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
         choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
@@ -546,7 +548,8 @@ class _ChatChunks(_StreamTranslator):
             delta["content"] = message["content"]
         calls = message.get("tool_calls") or []
         if calls:
-            delta["tool_calls"] = [_openai_tool_call(call, self._tool_calls + i, with_index=True) for i, call in enumerate(calls)]
+            first = self._tool_calls
+            delta["tool_calls"] = [_openai_tool_call(call, first + i, with_index=True) for i, call in enumerate(calls)]
             self._tool_calls += len(calls)
         if delta:
             events.append(self._chunk(delta))
@@ -558,8 +561,7 @@ class _ChatChunks(_StreamTranslator):
 
 
 class _CompletionChunks(_StreamTranslator):
-    def _object(self, **fields: Any) -> dict[str, Any]:
-        return {"id": self._ident, "object": "text_completion", "created": self._created, "model": self._model, **fields}
+    object = "text_completion"
 
     def _choice(self, text: str, finish_reason: str | None) -> bytes:
         choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}
@@ -685,8 +687,22 @@ def _error_document(status: int, message: str, *, param: str | None = None) -> b
     return _dumps({"error": error})
 
 
+def _backend_error(message: str, exc: httpx.HTTPError) -> BackendError:
+    if isinstance(exc, httpx.TimeoutException):
+        return BackendError(f"{message}: timed out ({type(exc).__name__})", status=504, code="backend_timeout")
+    return BackendError(f"{message}: {exc!r}")
+
+
 def _b64_floats(vector: list[float]) -> str:
     return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode("ascii")
+
+
+def _encode(payload: dict[str, Any]) -> bytes:
+    # Python's json accepts NaN and Infinity, so a client body may hold them; JSON (and Go) do not.
+    try:
+        return json.dumps(payload, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
+    except ValueError as exc:
+        raise _BadRequest(f"the request holds a number JSON cannot carry: {exc}") from exc
 
 
 def _dumps(obj: Any) -> bytes:

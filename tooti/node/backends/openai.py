@@ -67,7 +67,7 @@ class OpenAIBackend(Backend):
                 reply.blocks = _stream_blocks(response, request, reply)
                 yield reply
             else:
-                yield await _whole_reply(response)
+                yield await _whole_reply(response, request.route)
         finally:
             await response.aclose()
 
@@ -77,18 +77,23 @@ async def _error_reply(response: httpx.Response) -> Reply:
         raw = await response.aread()
     except httpx.HTTPError as exc:
         raise BackendError(f"backend failed: {type(exc).__name__}") from None
+    # Backends disagree on error shapes (llama.cpp sends an integer code, some send text);
+    # clients get OpenAI's shape with the backend's message in it.
+    message, type_, code = f"backend returned HTTP {response.status_code}", "api_error", "backend_error"
     try:
-        obj = json.loads(raw)
-        ok = isinstance(obj, dict) and isinstance(obj.get("error"), dict)
-    except ValueError:
-        ok = False
-    if not ok:
-        text = raw.decode(errors="replace")[:500]
-        raw = error_body(f"backend returned HTTP {response.status_code}: {text}", code="backend_error")
-    return Reply(response.status_code, "application/json", _one(raw))
+        err = json.loads(raw).get("error")
+        if isinstance(err, dict):
+            message = str(err.get("message") or message)
+            type_ = str(err.get("type") or type_)
+            code = str(err["code"]) if isinstance(err.get("code"), str) else code
+        elif isinstance(err, str):
+            message = err
+    except (ValueError, AttributeError):
+        message = f"{message}: {raw.decode(errors='replace')[:300]}"
+    return Reply(response.status_code, "application/json", _one(error_body(message, type_=type_, code=code)))
 
 
-async def _whole_reply(response: httpx.Response) -> Reply:
+async def _whole_reply(response: httpx.Response, route: str) -> Reply:
     try:
         raw = await response.aread()
     except httpx.HTTPError as exc:
@@ -98,7 +103,26 @@ async def _whole_reply(response: httpx.Response) -> Reply:
     except ValueError:
         raise BackendError("backend returned invalid JSON") from None
     usage = usage_from(obj) if isinstance(obj, dict) else None
+    if route == "chat" and isinstance(obj, dict) and _complete_chat(obj):
+        raw = json.dumps(obj, separators=(",", ":")).encode()
     return Reply(200, "application/json", _one(raw), usage)
+
+
+def _complete_chat(obj: dict[str, Any]) -> bool:
+    """Add the fields OpenAI always sends and some servers omit (llama.cpp leaves out
+    ``logprobs`` and ``refusal``), so SDKs and schema validators see OpenAI's shape.
+    Returns whether anything was added."""
+    changed = False
+    for choice in obj.get("choices") or ():
+        if isinstance(choice, dict):
+            if "logprobs" not in choice:
+                choice["logprobs"] = None
+                changed = True
+            msg = choice.get("message")
+            if isinstance(msg, dict) and "refusal" not in msg:
+                msg["refusal"] = None
+                changed = True
+    return changed
 
 
 async def _one(raw: bytes) -> AsyncIterator[bytes]:
