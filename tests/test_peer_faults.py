@@ -1,0 +1,123 @@
+"""Malformed frames from a peer: the stream is reset and counted, the process keeps serving.
+
+The test process runs its own libp2p host playing a gateway (it welcomes the node on the
+control stream), then sends the node garbage on an inference stream, and then a valid
+request on a fresh stream, which must still be answered. The other direction: garbage on a
+real gateway's control stream must not stop that gateway from serving.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import pytest
+import trio
+from multiaddr import Multiaddr
+
+from tests import _procs
+from tooti.p2p import protocols
+from tooti.p2p.framing import FrameReader, encode
+from tooti.p2p.host import build_host, peer_of
+from tooti.p2p.identity import load_or_create
+from tooti.wire import pb
+
+
+async def test_node_survives_garbage_from_its_gateway(tmp_path: Path) -> None:
+    host = build_host(load_or_create(tmp_path / "fake-gw.key"))
+    port = _procs.free_port()
+    joined: trio.Event = trio.Event()
+    node_peer: list = []
+
+    async def control(stream) -> None:  # type: ignore[no-untyped-def]
+        reader = FrameReader(stream)
+        hello = await reader.read_frame(pb.ControlFrame)
+        assert hello is not None and hello.WhichOneof("kind") == "hello"
+        await stream.write(encode(pb.Welcome(accepted=True, gateway_peer_id=host.get_id().to_bytes())))
+        node_peer.append(peer_of(stream))
+        joined.set()
+        while await reader.fill():
+            pass
+
+    host.set_stream_handler(protocols.CONTROL, control)
+    async with host.run(listen_addrs=[Multiaddr(f"/ip4/127.0.0.1/tcp/{port}")]):
+        gw = _procs.Gateway(None, "", f"/ip4/127.0.0.1/tcp/{port}/p2p/{host.get_id()}", tmp_path)  # type: ignore[arg-type]
+        node = await trio.to_thread.run_sync(
+            lambda: _procs.start_node(tmp_path, "n", gateways=[gw], backend={"type": "loopback"}, wait=False))
+        try:
+            with trio.fail_after(30):
+                await joined.wait()
+            peer = node_peer[0]
+            # 1. A frame length far beyond the limit, then junk.
+            bad = await host.new_stream(peer, [protocols.INFERENCE])
+            await bad.write(b"\xff\xff\xff\xff\x0f" + b"junk" * 10)
+            with trio.fail_after(10):
+                with pytest.raises(Exception):
+                    while True:
+                        if not await bad.read(1024):
+                            break
+            # 2. Bytes that are not a valid protobuf message.
+            bad2 = await host.new_stream(peer, [protocols.INFERENCE])
+            await bad2.write(b"\x04\xff\xff\xff\xff")
+            with trio.fail_after(10):
+                with pytest.raises(Exception):
+                    while True:
+                        if not await bad2.read(1024):
+                            break
+            # 3. The node still answers a well-formed request.
+            ok = await host.new_stream(peer, [protocols.INFERENCE])
+            req = pb.InferenceRequest(request_id="r1", route=pb.ROUTE_CHAT, model="loopback",
+                                      body=b'{"model":"loopback","messages":[{"role":"user","content":"still here"}]}')
+            await ok.write(encode(pb.GatewayFrame(request=req)))
+            reader = FrameReader(ok)
+            frames = []
+            with trio.fail_after(10):
+                while True:
+                    f = await reader.read_frame(pb.ResponseFrame)
+                    assert f is not None
+                    frames.append(f)
+                    if f.WhichOneof("kind") == "end":
+                        break
+            assert frames[0].head.status == 200
+            assert b"still here" in b"".join(f.data for f in frames if f.WhichOneof("kind") == "data")
+            assert frames[-1].end.usage.completion_tokens == 2
+            assert node.proc.popen.poll() is None
+            assert "bad frame" in node.proc.log.read_text()
+        finally:
+            await trio.to_thread.run_sync(node.proc.stop)
+            await host.close()
+
+
+async def test_gateway_survives_garbage_on_control_stream(tmp_path: Path) -> None:
+    gw = await trio.to_thread.run_sync(lambda: _procs.start_gateway(tmp_path, auth="open"))
+    host = build_host(load_or_create(tmp_path / "rogue.key"))
+    try:
+        async with host.run(listen_addrs=[]):
+            from libp2p.peer.peerinfo import info_from_p2p_addr
+
+            info = info_from_p2p_addr(Multiaddr(gw.p2p))
+            await host.connect(info)
+            for junk in (b"\xff\xff\xff\xff\xff\xff", b"\x05hello", b"\x02\x08\x01"):
+                s = await host.new_stream(info.peer_id, [protocols.CONTROL])
+                await s.write(junk)
+                with trio.fail_after(15), pytest.raises(Exception):
+                    while True:
+                        if not await s.read(1024):
+                            raise EOFError
+            # A Hello claiming someone else's peer id is refused, not registered.
+            other = build_host(load_or_create(tmp_path / "other.key")).get_id()
+            s = await host.new_stream(info.peer_id, [protocols.CONTROL])
+            ann = pb.Announcement(peer_id=other.to_bytes(), models=[pb.ModelInfo(name="stolen", capacity=1)],
+                                  capacity=1, backend_healthy=True, seq=1)
+            await s.write(encode(pb.ControlFrame(hello=pb.Hello(announcement=ann))))
+            welcome = await FrameReader(s).read_frame(pb.Welcome)
+            assert welcome is not None and not welcome.accepted and "peer id" in welcome.reason
+            await host.close()
+        async with httpx.AsyncClient(trust_env=False) as client:
+            r = await client.get(gw.http + "/healthz")
+            assert r.status_code == 200
+            models = (await client.get(gw.base_url + "/models")).json()["data"]
+            assert "stolen" not in [m["id"] for m in models]
+        assert gw.proc.popen.poll() is None
+    finally:
+        await trio.to_thread.run_sync(gw.proc.stop)
