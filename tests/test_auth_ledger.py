@@ -123,19 +123,20 @@ async def test_403_from_check_scope(flaky, inner):
         assert word in info.value.message
 
 
-async def test_revocation_visible_after_ttl(flaky, inner):
+async def test_revocation_visible_after_ttl(flaky, inner, mock_clock):
+    # A manual clock: a loaded CI machine must not make the cache expire early.
     key, plaintext = await inner.create_api_key()
     cache = KeyCache(flaky, ttl=0.2)  # type: ignore[arg-type]
     await cache.authenticate(bearer(plaintext), None)
     assert await inner.revoke_api_key(key.prefix)
     await cache.authenticate(bearer(plaintext), None)  # still cached: allowed
-    await trio.sleep(0.25)
+    mock_clock.jump(0.25)
     with pytest.raises(AuthError) as info:
         await cache.authenticate(bearer(plaintext), None)
     assert info.value.status == 401 and "revoked" in info.value.message
 
 
-async def test_negative_results_cached_briefly(flaky, inner):
+async def test_negative_results_cached_briefly(flaky, inner, mock_clock):
     cache = KeyCache(flaky, negative_ttl=0.2)  # type: ignore[arg-type]
     _, plaintext = await inner.create_api_key()
     fake = plaintext[:-4] + "AAAA"
@@ -143,20 +144,20 @@ async def test_negative_results_cached_briefly(flaky, inner):
         with pytest.raises(AuthError):
             await cache.authenticate(bearer(fake), None)
     assert flaky.verify_calls == 1
-    await trio.sleep(0.25)
+    mock_clock.jump(0.25)
     with pytest.raises(AuthError):
         await cache.authenticate(bearer(fake), None)
     assert flaky.verify_calls == 2
 
 
-async def test_stale_keys_served_during_outage_and_503_for_unseen(flaky, inner, caplog):
+async def test_stale_keys_served_during_outage_and_503_for_unseen(flaky, inner, caplog, mock_clock):
     _, seen = await inner.create_api_key()
     _, unseen = await inner.create_api_key()
     cache = KeyCache(flaky, ttl=0.05)  # type: ignore[arg-type]
     await cache.authenticate(bearer(seen), None)
 
     flaky.down = True
-    await trio.sleep(0.1)  # entry is now stale
+    mock_clock.jump(0.1)  # entry is now stale
     with caplog.at_level(logging.WARNING, logger="tooti.gateway.auth"):
         assert await cache.authenticate(bearer(seen), None)
         assert await cache.authenticate(bearer(seen), None)

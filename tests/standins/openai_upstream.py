@@ -32,15 +32,16 @@ answer is sent after the whole simulated generation, ``ttft_ms + (n - 1) * delay
 of 0 the tokens are written in batches (still one SSE event per token) as fast as the socket takes
 them.
 
-Per-request overrides, in the request body's extra object ``"x_fake"``:
+Per-request overrides, in the request body's extra object ``"x_fake"`` (checked in this order:
+``fail: "before_head"``, then ``status``, then the normal answer; bad values get a 400):
 
 * ``tokens`` (int), ``delay_ms`` (float), ``ttft_ms`` (float) - override the server defaults;
 * ``status`` (400..599) - answer that status at once with an OpenAI error body (stream or not);
 * ``fail: "before_head"`` - close the connection at once without answering;
 * ``fail: "after_tokens"`` with ``fail_after: k`` (default 1) - a stream sends its head, the role
   chunk and k content chunks, then closes the connection with no final chunk, no ``[DONE]`` and no
-  terminating zero-length chunk; a non-streaming request gets its head and half its body, then the
-  close.
+  terminating zero-length chunk; a non-streaming request gets its head and the first three
+  quarters of the response bytes (a body shorter than its Content-Length), then the close.
 
 Control endpoints (not in OpenAI):
 
@@ -232,7 +233,9 @@ def _error_body(status: int, message: str, *, code: str | None = None, param: st
     return _json_bytes({"error": {"message": message, "type": kind, "param": param, "code": code}})
 
 
-def _error(status: int, message: str, *, close: bool = False, code: str | None = None, param: str | None = None) -> bytes:
+def _error(
+    status: int, message: str, *, close: bool = False, code: str | None = None, param: str | None = None
+) -> bytes:
     """A whole HTTP response carrying an OpenAI error document."""
     return _response(status, _error_body(status, message, code=code, param=param), close=close)
 
@@ -475,7 +478,8 @@ class StreamTemplate:
         """The role chunk of a chat stream (nothing for completions)."""
         if not self.chat:
             return b""
-        return self._event([{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}])
+        delta = {"role": "assistant", "content": ""}
+        return self._event([{"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}])
 
     def token(self, i: int) -> bytes:
         """The event carrying content token ``i``."""
@@ -516,7 +520,10 @@ class FakeUpstream:
         self._models_body = _json_bytes(
             {
                 "object": "list",
-                "data": [{"id": m, "object": "model", "created": 1700000000, "owned_by": "tooti-fake"} for m in self.config.models],
+                "data": [
+                    {"id": m, "object": "model", "created": 1700000000, "owned_by": "tooti-fake"}
+                    for m in self.config.models
+                ],
             }
         )
         self._models_response = _response(200, self._models_body)
@@ -585,9 +592,10 @@ class FakeUpstream:
 
     async def _no_route(self, conn: Connection, request: Request) -> bool:
         """404 for an unknown path, 405 for a known path with the wrong method."""
+        close = not request.keep_alive
         if any(path == request.path for _, path in self._routes):
-            return await self._send(conn, request, _error(405, f"method {request.method} not allowed", close=not request.keep_alive))
-        return await self._send(conn, request, _error(404, f"unknown path {request.path}", close=not request.keep_alive))
+            return await self._send(conn, request, _error(405, f"method {request.method} not allowed", close=close))
+        return await self._send(conn, request, _error(404, f"unknown path {request.path}", close=close))
 
     async def _models(self, conn: Connection, request: Request) -> bool:
         """GET /v1/models."""
@@ -616,7 +624,8 @@ class FakeUpstream:
         """GET /_last_request."""
         last = self.last_request
         if last is None:
-            return await self._send(conn, request, _error(404, "no inference request yet", close=not request.keep_alive))
+            error = _error(404, "no inference request yet", close=not request.keep_alive)
+            return await self._send(conn, request, error)
         raw = last.body.decode("utf-8", "replace")
         try:
             body: Any = json.loads(last.body)
@@ -757,9 +766,6 @@ class FakeUpstream:
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 outcome = "cancelled"
             nursery.cancel_scope.cancel()
-        if conn.peer_gone and outcome == "completed":
-            # The last write may have raced the watcher's EOF; all bytes were handed over.
-            return "completed"
         return outcome
 
     async def _stream_body(self, conn: Connection, request: Request, plan: Plan) -> str:
@@ -844,7 +850,8 @@ async def serve(
     once listening; its ``url`` has the actual port."""
     upstream = FakeUpstream(_config(defaults))
     async with trio.open_nursery() as nursery:
-        listeners = await nursery.start(functools.partial(trio.serve_tcp, upstream.handle, port, host=host, backlog=4096))
+        start = functools.partial(trio.serve_tcp, upstream.handle, port, host=host, backlog=4096)
+        listeners = await nursery.start(start)
         upstream.host = host
         upstream.port = listeners[0].socket.getsockname()[1]
         task_status.started(upstream)
@@ -852,7 +859,9 @@ async def serve(
 
 def _arguments(argv: list[str] | None) -> argparse.Namespace:
     """Parse the command line."""
-    parser = argparse.ArgumentParser(prog="python -m tests.standins.openai_upstream", description=__doc__.split("\n", 1)[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.standins.openai_upstream", description=__doc__.split("\n", 1)[0]
+    )
     parser.add_argument("--port", type=int, required=True, help="TCP port (0 = any free port)")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--tokens", type=int, default=16, help="tokens per answer (default 16)")

@@ -8,5 +8,7 @@ INFERENCE = TProtocol("/tooti/inference/1.0.0")
 CONTROL = TProtocol("/tooti/control/1.0.0")
 #: gossipsub topic for signed heartbeats (Announcement)
 HEARTBEAT_TOPIC = "/tooti/heartbeat/1"
+#: gossipsub topic where gateways announce their dialable addresses (Welcome as payload)
+GATEWAYS_TOPIC = "/tooti/gateways/1"
 #: private Kademlia DHT protocol (never the public IPFS DHT)
 DHT_PROTOCOL = TProtocol("/tooti/kad/1.0.0")
