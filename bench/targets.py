@@ -179,6 +179,9 @@ class LiteLLM:
             "litellm_settings:\n"
             "  telemetry: false\n"
             "  set_verbose: false\n"
+            "general_settings:\n"
+            "  # Like tooti's `auth: open`: no key checked on either side, so neither pays for auth.\n"
+            "  dangerously_permit_weak_or_unset_master_key: true\n"
         )
         env = {
             # Everything stays on loopback: no model-cost-map download, no telemetry, no proxies.

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from tests._pg import postgres_url, raw_rows, store_url  # noqa: F401
+from tests._pg import raw_rows
 from tooti import admin_cli
 from tooti.store import UsageRow, open_store
 
@@ -44,7 +44,7 @@ def cli(capsys, url: str, *argv: str) -> tuple[int, str, str]:
     return code, out, err
 
 
-def test_namespace_commands(capsys, store_url):  # noqa: F811
+def test_namespace_commands(capsys, store_url):
     code, out, err = cli(capsys, store_url, "namespace", "create", "team", "--owner", "ann",
                          "--allow-peer", "peer-1", "--allow-peer", "peer-2")
     assert code == 0
@@ -85,7 +85,7 @@ def test_namespace_secret_from_stdin(capsys, monkeypatch, tmp_path):
     assert cli(capsys, url, "namespace", "create", "weak", "--secret-stdin")[0] == 2
 
 
-def test_apikey_commands(capsys, store_url):  # noqa: F811
+def test_apikey_commands(capsys, store_url):
     code, out, err = cli(capsys, store_url, "apikey", "create", "--owner", "bob",
                          "--namespace", "team", "--model", "llama", "--model", "qwen",
                          "--expires-in", "30d")
@@ -114,14 +114,14 @@ def test_bad_duration_is_a_usage_error(capsys, tmp_path):
     assert info.value.code == 2
 
 
-def test_db_migrate(capsys, store_url):  # noqa: F811
+def test_db_migrate(capsys, store_url):
     code, out, _ = cli(capsys, store_url, "db", "migrate")
     assert code == 0 and out.strip() == "applied migrations: 1"
     code, out, _ = cli(capsys, store_url, "db", "migrate")
     assert code == 0 and out.strip() == "schema up to date"
 
 
-def test_two_processes_migrate_one_database_at_once(store_url):  # noqa: F811
+def test_two_processes_migrate_one_database_at_once(store_url):
     env = {**os.environ, "PYTHONPATH": str(REPO), "TOOTI_DATABASE_URL": store_url}
     procs = [
         subprocess.Popen([sys.executable, "-m", "tooti.admin_cli", "db", "migrate"],
@@ -134,7 +134,7 @@ def test_two_processes_migrate_one_database_at_once(store_url):  # noqa: F811
     assert len(raw_rows(store_url, "SELECT version FROM schema_migrations")) == 1
 
 
-def test_usage_report(capsys, store_url):  # noqa: F811
+def test_usage_report(capsys, store_url):
     day1 = datetime(2026, 3, 1, 10, tzinfo=timezone.utc)
     rows = [
         UsageRow("r1", day1, "k1", "ns", "peer", "llama", 10, 1, 5, 200, "gw"),

@@ -9,7 +9,7 @@ from datetime import date, datetime, timedelta, timezone
 import pytest
 import trio
 
-from tests._pg import all_stored_values, postgres_url, raw_rows, store_url  # noqa: F401
+from tests._pg import all_stored_values, raw_rows
 from tooti.store import (
     AlreadyExists,
     ApiKey,
@@ -25,7 +25,7 @@ T0 = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
 
 
 @pytest.fixture
-async def store(store_url):  # noqa: F811
+async def store(store_url):
     s = await open_store(store_url)
     try:
         yield s
@@ -41,7 +41,7 @@ def usage(request_id: str, *, at: datetime = T0, key: str = "k1", model: str = "
 # -- migrations -----------------------------------------------------------------
 
 
-async def test_migrations_are_idempotent(store_url):  # noqa: F811
+async def test_migrations_are_idempotent(store_url):
     for _ in range(3):
         s = await open_store(store_url)
         assert await s.migrate() == []
@@ -50,7 +50,7 @@ async def test_migrations_are_idempotent(store_url):  # noqa: F811
     assert [r[0] for r in rows] == [latest_version()]
 
 
-async def test_open_without_migrate_then_migrate(store_url):  # noqa: F811
+async def test_open_without_migrate_then_migrate(store_url):
     s = await open_store(store_url, migrate=False)
     try:
         assert await s.migrate() == [latest_version()]
@@ -59,7 +59,7 @@ async def test_open_without_migrate_then_migrate(store_url):  # noqa: F811
         await s.aclose()
 
 
-async def test_concurrent_first_open_is_safe(store_url):  # noqa: F811
+async def test_concurrent_first_open_is_safe(store_url):
     # Two gateways starting against one empty database at the same time.
     stores = []
 
@@ -155,7 +155,7 @@ async def test_allowed_peers(store):
     assert ns is not None and ns.allowed_peer_ids == ("peer-b", "peer-c")
 
 
-async def test_chosen_secret_uses_argon2_and_generated_uses_sha256(store, store_url):  # noqa: F811
+async def test_chosen_secret_uses_argon2_and_generated_uses_sha256(store, store_url):
     _, returned = await store.create_namespace("chosen", secret="correct horse battery")
     assert returned == "correct horse battery"
     await store.create_namespace("generated")
@@ -251,7 +251,7 @@ async def test_api_key_scopes(store):
         await store.create_api_key(namespaces="a")
 
 
-async def test_secrets_never_stored_in_plaintext(store, store_url):  # noqa: F811
+async def test_secrets_never_stored_in_plaintext(store, store_url):
     _, generated = await store.create_namespace("gen")
     _, chosen = await store.create_namespace("cho", secret="my very own secret")
     rotated = await store.rotate_namespace_secret("gen")

@@ -203,7 +203,9 @@ class KeyCache:
         try:
             flight.key = await self._store.verify_api_key(plaintext)
             flight.finished = True
-            self._healthy = True
+            if not self._healthy:
+                log.warning("API key store available again")
+                self._healthy = True
             return flight.key
         except StoreUnavailable as exc:
             flight.error = exc
