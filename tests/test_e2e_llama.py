@@ -83,8 +83,9 @@ def test_chat_streaming_with_usage(client: openai.OpenAI, net: dict) -> None:
     assert len(finish) == 1
     _check_budget(usage.completion_tokens, finish[0], 12)
     content_chunks = [c for c in chunks if c.choices and c.choices[0].delta.content]
-    # llama.cpp streams one token per chunk: usage counts what the client received
-    assert len(content_chunks) == usage.completion_tokens
+    # llama.cpp streams at most one token per chunk (a token that ends inside a UTF-8
+    # character gives an empty delta): usage counts what the backend generated
+    assert 1 <= len(content_chunks) <= usage.completion_tokens
     # The raw SSE stream, chunk by chunk, against OpenAI's schema; it ends with [DONE].
     body = {"model": "smollm2", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 5,
             "stream": True, "stream_options": {"include_usage": True}}

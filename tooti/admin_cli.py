@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import re
 import sys
@@ -303,6 +304,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def main(argv: list[str] | None = None) -> int:
     """Run one admin command from ``argv``; return the exit code."""
+    # The pool logs every failed connection attempt; the command reports the
+    # outcome itself, so keep a standalone run's stderr to that one line.
+    logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
     parser = argparse.ArgumentParser(prog="tooti", description="tooti administration")
     register(parser.add_subparsers(dest="command", metavar="COMMAND", required=True))
     args = parser.parse_args(argv)

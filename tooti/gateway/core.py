@@ -57,7 +57,9 @@ class Gateway:
         self._namespace_check = namespace_check
         self._known_namespaces = known_namespaces
         self.other_gateways: dict[str, str] = {}  # peer id -> dialable multiaddr with /p2p/
+        self.addrs: list[str] = []  # this gateway's own dialable multiaddrs, set once listening
         self.refused_nodes = 0
+        self._node_streams: dict[str, INetStream] = {}  # joined nodes' control streams
 
     # -- nodes joining ------------------------------------------------------------------------
 
@@ -84,6 +86,7 @@ class Gateway:
             accepted=True, gateway_peer_id=self.host.get_id().to_bytes(),
             gateways=sorted(self.other_gateways.values()))))
         self.registry.update(peer, ann)
+        self._node_streams[peer] = stream
         log.info("node %s joined (%s) serving %s", peer, namespace or "public",
                  ", ".join(m.name for m in ann.models) or "nothing yet")
         try:
@@ -106,6 +109,8 @@ class Gateway:
             # Evict at once: a dropped connection is a dead node for routing purposes.
             self.registry.drop(peer)
             self.pool.forget(peer)
+            if self._node_streams.get(peer) is stream:
+                del self._node_streams[peer]
             log.info("node %s left", peer)
 
     async def _admission_problem(self, peer: str, ann: pb.Announcement, secret: str) -> str | None:
@@ -117,6 +122,79 @@ class Gateway:
             if not await self._namespace_check(ann.namespace, secret, peer):
                 return f"not authorised for namespace '{ann.namespace}' (wrong or missing secret)"
         return None
+
+    # -- other gateways -------------------------------------------------------------------------
+    #
+    # Every node joins every gateway, dialing out to each: a node behind NAT needs no inbound
+    # port, each gateway gets a direct (not relayed) connection and the node's namespace proof,
+    # and losing one gateway loses nothing. Gateways learn of each other from their bootstrap
+    # lists and by exchanging what they know (PEERING), and tell their nodes on the control
+    # stream whenever the list grows.
+
+    def _info(self) -> pb.Welcome:
+        return pb.Welcome(accepted=True, gateway_peer_id=self.host.get_id().to_bytes(),
+                          gateways=sorted({*self.addrs, *self.other_gateways.values()}))
+
+    def _merge(self, info: pb.Welcome, verified_peer: str) -> None:
+        if info.gateway_peer_id and info.gateway_peer_id != _peer_bytes(verified_peer):
+            raise FrameError("peering info names another peer than the connection's")
+        new = False
+        for addr in info.gateways:
+            peer = addr.rsplit("/p2p/", 1)[-1]
+            if "/p2p/" not in addr or peer == self.peer_id:
+                continue
+            if self.other_gateways.get(peer) != addr:
+                # One address per gateway is enough; the first heard stays unless replaced.
+                if peer not in self.other_gateways:
+                    new = True
+                    log.info("learned of gateway %s at %s", peer, addr)
+                    self.other_gateways[peer] = addr
+        if new:
+            update = encode(pb.Welcome(accepted=True, gateway_peer_id=self.host.get_id().to_bytes(),
+                                       gateways=sorted(self.other_gateways.values())))
+            for node_peer, stream in list(self._node_streams.items()):
+                trio.lowlevel.spawn_system_task(_send_quietly, stream, update)
+
+    async def handle_peering(self, stream: INetStream) -> None:
+        peer = str(peer_of(stream))
+        reader = FrameReader(stream, max_frame=_CONTROL_MAX_FRAME)
+        with trio.fail_after(_HELLO_TIMEOUT):
+            info = await reader.read_frame(pb.Welcome)
+        if info is None:
+            return
+        self._merge(info, peer)
+        await stream.write(encode(self._info()))
+        await stream.close()
+
+    async def peering_loop(self, bootstrap: list[str], *, interval: float = 5.0) -> None:
+        """Keep exchanging gateway lists with the bootstrap gateways and every gateway learned."""
+        from libp2p.peer.peerinfo import info_from_p2p_addr
+        from multiaddr import Multiaddr
+
+        from tooti.p2p import protocols
+
+        while True:
+            targets = {a.rsplit("/p2p/", 1)[-1]: a for a in bootstrap}
+            targets.update(self.other_gateways)
+            for peer, addr in targets.items():
+                if peer == self.peer_id:
+                    continue
+                try:
+                    with trio.fail_after(5):
+                        info = info_from_p2p_addr(Multiaddr(addr))
+                        await self.host.connect(info)
+                        stream = await self.host.new_stream(info.peer_id, [protocols.PEERING])
+                        try:
+                            await stream.write(encode(self._info()))
+                            reply = await FrameReader(stream, max_frame=_CONTROL_MAX_FRAME).read_frame(pb.Welcome)
+                        finally:
+                            await reset_quietly(stream)
+                    if reply is not None:
+                        self.other_gateways.setdefault(peer, addr)
+                        self._merge(reply, peer)
+                except Exception as exc:  # noqa: BLE001 - a gateway may be down; try again later
+                    log.debug("peering with %s failed: %s", peer, exc)
+            await trio.sleep(interval)
 
     async def expire_loop(self) -> None:
         """Log nodes that went silent; the registry itself ignores them past the TTL."""
@@ -219,6 +297,14 @@ class Gateway:
         elif ex.end is None:
             record_failure(entry)
         await ex.close()
+
+
+async def _send_quietly(stream: INetStream, data: bytes) -> None:
+    try:
+        with trio.move_on_after(5):
+            await stream.write(data)
+    except Exception:  # noqa: BLE001 - the node's session notices a broken stream itself
+        pass
 
 
 async def _error_answer(ex: Exchange) -> HTTPError:

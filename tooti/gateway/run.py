@@ -48,6 +48,7 @@ async def run_gateway(
         namespace_check=namespace_check, known_namespaces=known_namespaces,
     )
     host.set_stream_handler(protocols.CONTROL, guarded("control")(gw.handle_control))
+    host.set_stream_handler(protocols.PEERING, guarded("peering")(gw.handle_peering))
     app = create_app(gw, max_body_bytes=cfg.gateway.max_body_bytes, accounts=accounts)
     hc = HypercornConfig()
     hc.bind = [cfg.gateway.http_listen]
@@ -56,15 +57,28 @@ async def run_gateway(
     hc.keep_alive_timeout = 75
     async with host.run(listen_addrs=[Multiaddr(a) for a in cfg.network.listen]):
         try:
-            p2p = [f"{a}" if "/p2p/" in str(a) else f"{a}/p2p/{gw.peer_id}" for a in host.get_addrs()]
+            p2p = _dialable(cfg.network.announce or [str(a) for a in host.get_addrs()], gw.peer_id)
+            gw.addrs = p2p
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(gw.expire_loop)
+                nursery.start_soon(gw.peering_loop, list(cfg.network.bootstrap))
                 urls = await nursery.start(_serve, app, hc)
                 log.info("gateway %s listening: http %s, p2p %s", gw.peer_id, ", ".join(urls), ", ".join(p2p))
                 task_status.started(Started(gw, urls, p2p))
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(2):
                 await host.close()
+
+
+def _dialable(addrs: list[str], peer_id: str) -> list[str]:
+    """Addresses other peers can dial, each ending in /p2p/<our id>; wildcards are useless to
+    them (set network.announce for a gateway behind a load balancer or NAT)."""
+    out = []
+    for a in addrs:
+        if "/ip4/0.0.0.0/" in a or "/ip6/::/" in a:
+            continue
+        out.append(a if "/p2p/" in a else f"{a}/p2p/{peer_id}")
+    return out
 
 
 async def _serve(app, hc: HypercornConfig, *, task_status=trio.TASK_STATUS_IGNORED) -> None:  # type: ignore[no-untyped-def]

@@ -172,9 +172,11 @@ class NodeAgent:
                 self._start_session(other)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._heartbeats, stream)
-                # The gateway never writes after Welcome: a read returning means it is gone.
-                while await reader.fill():
-                    pass
+                # After Welcome the gateway sends only updates of the gateway list; the end of
+                # the stream means the gateway (or the path to it) is gone.
+                while (update := await reader.read_frame(pb.Welcome)) is not None:
+                    for other in update.gateways:
+                        self._start_session(other)
                 nursery.cancel_scope.cancel()
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(1):
