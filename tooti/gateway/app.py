@@ -13,6 +13,7 @@ import logging
 import re
 import time
 import uuid
+from datetime import datetime, timezone
 from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
@@ -43,6 +44,7 @@ class Accounts(Protocol):
     def check(self, key: Any, namespace: str, model: str) -> None: ...
     def record(self, **row: Any) -> None: ...
     def health(self) -> dict[str, Any]: ...
+    async def usage(self, key: Any, since: datetime | None) -> list[dict[str, Any]]: ...
 
 
 def create_app(gw: Gateway, *, max_body_bytes: int, accounts: Accounts | None = None) -> QuartTrio:
@@ -117,6 +119,21 @@ def create_app(gw: Gateway, *, max_body_bytes: int, accounts: Accounts | None = 
             "failures": e.failures, "version": e.version,
         } for e in gw.registry.all()]
         return _json({"object": "list", "gateway": gw.peer_id, "data": nodes})
+
+    @app.get("/v1/usage")
+    async def usage() -> Response:
+        key = await _auth(accounts)
+        if accounts is None:
+            raise HTTPError(404, "usage is recorded only when the gateway runs with API keys", code="not_found")
+        since_arg = request.args.get("since")
+        since = None
+        if since_arg:
+            try:
+                since = datetime.fromisoformat(since_arg).replace(tzinfo=timezone.utc)
+            except ValueError:
+                raise HTTPError(400, "'since' must be a date, YYYY-MM-DD", code="invalid_request",
+                                param="since") from None
+        return _json({"object": "list", "data": await accounts.usage(key, since)})
 
     async def infer(route: str) -> Response:
         started = time.perf_counter()

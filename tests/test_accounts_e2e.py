@@ -1,0 +1,198 @@
+"""Accounts through real processes on one real PostgreSQL: two gateways, namespaces proven on
+the wire, scoped API keys, revocation on every gateway, the usage ledger, a database outage.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+import trio
+
+from tests import _procs
+from tests._pg import _with_dbname, postgres_admin_url, raw_rows
+from tests.conftest import logs_text, wait_for_models
+
+
+def _cli(db: str, *args: str) -> str:
+    out = subprocess.run([sys.executable, "-m", "tooti", *args], capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "TOOTI_DATABASE_URL": db})
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
+@pytest.fixture(scope="module")
+def pg_db() -> Iterator[str]:
+    import psycopg
+
+    admin = postgres_admin_url()
+    name = f"tooti_e2e_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    yield _with_dbname(admin, name)
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="module")
+def world(pg_db: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+    tmp = tmp_path_factory.mktemp("accounts")
+    _cli(pg_db, "db", "migrate")
+    acme_secret = _cli(pg_db, "namespace", "create", "acme", "--owner", "acme-corp")
+    beta_secret = _cli(pg_db, "namespace", "create", "beta")
+    acme_key = _cli(pg_db, "apikey", "create", "--owner", "alice", "--namespace", "acme")
+    any_key = _cli(pg_db, "apikey", "create", "--owner", "bob")
+    gw1 = _procs.start_gateway(tmp, "gw1", auth="keys", database_url=pg_db)
+    gw2 = _procs.start_gateway(tmp, "gw2", auth="keys", database_url=pg_db, bootstrap=[gw1.p2p])
+    env_acme = {"ACME_SECRET": acme_secret}
+    nodes = [
+        _procs.start_node(tmp, "acme-node", gateways=[gw1], backend={"type": "loopback"},
+                          node={"namespace": "acme", "namespace_secret": "${ACME_SECRET}", "max_concurrency": 32},
+                          env=env_acme),
+        _procs.start_node(tmp, "beta-node", gateways=[gw1], backend={"type": "loopback"},
+                          node={"namespace": "beta", "namespace_secret": beta_secret}),
+    ]
+    headers = {"Authorization": f"Bearer {any_key}"}
+    for gw in (gw1, gw2):
+        wait_for_models(gw.base_url, {"acme:loopback", "beta:loopback"}, headers=headers)
+    yield {"db": pg_db, "tmp": tmp, "gws": [gw1, gw2], "nodes": nodes, "acme_secret": acme_secret,
+           "beta_secret": beta_secret, "acme_key": acme_key, "any_key": any_key}
+    for p in [*(n.proc for n in nodes), gw2.proc, gw1.proc]:
+        p.stop()
+
+
+def _chat(gw: _procs.Gateway, key: str | None, model: str, **kw) -> httpx.Response:  # type: ignore[no-untyped-def]
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    return httpx.post(gw.base_url + "/chat/completions", headers=headers, trust_env=False, timeout=30,
+                      json={"model": model, "messages": [{"role": "user", "content": "a b c"}], **kw})
+
+
+def test_key_works_on_both_gateways(world: dict) -> None:
+    for gw in world["gws"]:
+        client = openai.OpenAI(base_url=gw.base_url, api_key=world["acme_key"], max_retries=0)
+        out = client.chat.completions.create(model="acme:loopback", messages=[{"role": "user", "content": "hi there"}])
+        assert out.choices[0].message.content == "hi there"
+        # x-api-key works too
+        r = httpx.get(gw.base_url + "/models", headers={"x-api-key": world["any_key"]}, trust_env=False)
+        assert r.status_code == 200
+
+
+def test_missing_and_unknown_keys_are_401(world: dict) -> None:
+    gw = world["gws"][0]
+    for key in (None, "tt-nosuchkey0-" + "x" * 43, "garbage"):
+        r = _chat(gw, key, "acme:loopback")
+        assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=gw.base_url, api_key="tt-bad-key", max_retries=0).models.list()
+
+
+def test_scoped_key_gets_403_on_other_namespace(world: dict) -> None:
+    for gw in world["gws"]:
+        r = _chat(gw, world["acme_key"], "beta:loopback")
+        assert r.status_code == 403 and r.json()["error"]["code"] == "permission_denied"
+        assert _chat(gw, world["any_key"], "beta:loopback").status_code == 200
+
+
+def test_wrong_secret_serves_nothing(world: dict) -> None:
+    gw1 = world["gws"][0]
+    bad = _procs.start_node(world["tmp"], "impostor", gateways=[gw1], backend={"type": "loopback"},
+                            node={"namespace": "acme", "namespace_secret": "definitely-wrong-secret"}, wait=False)
+    assert bad.proc.popen.wait(30) == 3
+    assert "refused" in bad.proc.log.read_text()
+    nodes = httpx.get(gw1.http + "/v1/network/nodes", headers={"Authorization": f"Bearer {world['any_key']}"},
+                      trust_env=False).json()["data"]
+    assert {n["name"] for n in nodes} == {"acme-node", "beta-node"}
+    # claiming a namespace that another node proved, without its secret, is refused the same way
+    thief = _procs.start_node(world["tmp"], "thief", gateways=[gw1], backend={"type": "loopback"},
+                              node={"namespace": "beta"}, wait=False)
+    assert thief.proc.popen.wait(30) == 3
+    assert "definitely-wrong-secret" not in logs_text(world["tmp"])
+
+
+def test_ledger_matches_what_clients_saw(world: dict) -> None:
+    gw = world["gws"][1]
+    client = openai.OpenAI(base_url=gw.base_url, api_key=world["acme_key"], max_retries=0)
+    seen = []
+    out = client.chat.completions.with_raw_response.create(
+        model="acme:loopback", messages=[{"role": "user", "content": "one two three four"}])
+    seen.append((out.headers["x-request-id"], out.parse().usage.prompt_tokens, out.parse().usage.completion_tokens))
+    # a streamed request whose client did NOT ask for usage: the ledger still gets exact counts
+    with client.chat.completions.with_streaming_response.create(
+            model="acme:loopback", messages=[{"role": "user", "content": "five six seven"}], stream=True) as s:
+        rid = s.headers["x-request-id"]
+        chunks = [json.loads(line[6:]) for line in s.iter_lines() if line.startswith("data: {")]
+    assert all(c["choices"] for c in chunks)  # no usage chunk was forced on the client
+    seen.append((rid, 3, 3))
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        rows = {r[0]: r[1:] for r in raw_rows(world["db"], "SELECT request_id, prompt_tokens, completion_tokens,"
+                                                           " namespace, model, status FROM usage")}
+        if all(rid in rows for rid, _, _ in seen):
+            break
+        time.sleep(0.1)
+    for rid, p, c in seen:
+        assert rows[rid][:2] == (p, c)
+        assert rows[rid][2] == "acme" and rows[rid][4] == 200
+    usage = httpx.get(gw.base_url + "/usage", headers={"Authorization": f"Bearer {world['acme_key']}"},
+                      trust_env=False).json()["data"]
+    assert sum(u["requests"] for u in usage) >= 2
+
+
+def test_thousand_requests_thousand_rows(world: dict) -> None:
+    gw = world["gws"][0]
+    before = raw_rows(world["db"], "SELECT COUNT(*) FROM usage")[0][0]
+
+    async def run() -> None:
+        async with httpx.AsyncClient(base_url=gw.base_url, trust_env=False, timeout=30,
+                                     headers={"Authorization": f"Bearer {world['any_key']}"}) as client:
+            sem = trio.Semaphore(16)
+
+            async def one(i: int) -> None:
+                async with sem:
+                    r = await client.post("/chat/completions", json={
+                        "model": "acme:loopback", "stream": i % 2 == 1,
+                        "messages": [{"role": "user", "content": f"req {i}"}]})
+                    assert r.status_code == 200
+
+            async with trio.open_nursery() as n:
+                for i in range(1000):
+                    n.start_soon(one, i)
+
+    trio.run(run)
+    deadline = time.monotonic() + 20
+    while raw_rows(world["db"], "SELECT COUNT(*) FROM usage")[0][0] < before + 1000:
+        assert time.monotonic() < deadline, "ledger did not catch up"
+        time.sleep(0.1)
+    assert raw_rows(world["db"], "SELECT COUNT(*) FROM usage")[0][0] == before + 1000
+
+
+def test_revocation_reaches_every_gateway_within_5s(world: dict) -> None:
+    key = _cli(world["db"], "apikey", "create", "--owner", "carol")
+    prefix = key.split("-")[1]
+    for gw in world["gws"]:
+        assert _chat(gw, key, "acme:loopback").status_code == 200
+    _cli(world["db"], "apikey", "revoke", prefix)
+    revoked_at = time.monotonic()
+    pending = set(range(len(world["gws"])))
+    while pending:
+        for i in list(pending):
+            if _chat(world["gws"][i], key, "acme:loopback").status_code == 401:
+                pending.discard(i)
+        assert time.monotonic() - revoked_at < 5.0, "revocation not seen within 5 s"
+        time.sleep(0.05)
+
+
+def test_no_secret_in_any_log(world: dict) -> None:
+    text = logs_text(world["tmp"])
+    for secret in (world["acme_secret"], world["beta_secret"], world["acme_key"], world["any_key"]):
+        assert secret not in text
+        assert secret.split("-")[-1] not in text
