@@ -156,13 +156,24 @@ def create_app(gw: Gateway, *, max_body_bytes: int, accounts: Accounts | None = 
         namespace, model = gw.resolve(model_ref)
         if accounts is not None and key is not None:
             accounts.check(key, namespace or "", model)
-        ex, entry, ns, backend_model = await gw.dispatch(
-            _ROUTES[route], raw, model_ref, request_id=g.request_id,
-            allowed_namespaces=accounts.scope(key) if accounts is not None and key is not None else None)
-        meta = _Meta(route, model_ref, ns, entry, key, started, g.request_id)
-        if not stream:
-            return await _whole(gw, ex, entry, meta, accounts)
-        headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        scope = accounts.scope(key) if accounts is not None and key is not None else None
+        tried: set[str] = set()
+        while True:
+            ex, entry, ns, backend_model = await gw.dispatch(
+                _ROUTES[route], raw, model_ref, request_id=g.request_id, allowed_namespaces=scope, tried=tried)
+            meta = _Meta(route, model_ref, ns, entry, key, started, g.request_id)
+            if stream:
+                break
+            try:
+                response = await _whole(gw, ex, entry, meta, accounts)
+            except _Retryable:
+                # The node died mid-answer, but a non-streamed client has seen nothing yet.
+                if len(tried) >= gw.max_attempts:
+                    raise HTTPError(502, "the node failed while answering", code="node_failure") from None
+                continue
+            response.headers["X-Tooti-Node"] = entry.peer_id
+            return response
+        headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "X-Tooti-Node": entry.peer_id}
         return Response(_relay_stream(gw, ex, entry, meta, accounts), status=200,
                         content_type="text/event-stream", headers=headers)
 
@@ -179,6 +190,10 @@ def create_app(gw: Gateway, *, max_body_bytes: int, accounts: Accounts | None = 
         return await infer("embeddings")
 
     return app
+
+
+class _Retryable(Exception):
+    """The node failed before the client saw a byte: try another node."""
 
 
 class _Meta:
@@ -216,7 +231,7 @@ async def _whole(gw: Gateway, ex: Exchange, entry: NodeEntry, meta: _Meta, accou
         ok = True
     except NodeFailure as exc:
         log.warning("request %s: node %s failed mid-answer: %s", meta.request_id, entry.peer_id, exc)
-        raise HTTPError(502, "the node failed while answering", code="node_failure") from None
+        raise _Retryable from None
     except trio.TooSlowError:
         raise HTTPError(504, "the node stopped answering", code="timeout") from None
     finally:

@@ -231,13 +231,15 @@ class Gateway:
         allowed_namespaces: set[str] | None = None,
         request_id: str | None = None,
         want_usage: bool = True,
+        tried: set[str] | None = None,
     ) -> tuple[Exchange, NodeEntry, str, str]:
         """Open an exchange with the best node for ``model_ref``.
 
         Returns (exchange, node entry, namespace or "", backend model name). The caller must
         ``finish(...)`` it. Raises HTTPError 404 when no live node serves the model, 503 with
         Retry-After when all are busy, 502 when every attempt failed, 504 when the first
-        byte does not come in time.
+        byte does not come in time. ``tried`` collects the nodes attempted (pass the same set
+        again to retry elsewhere after a failure the client has not seen).
         """
         namespace, model = self.resolve(model_ref)
         scope = {namespace} if namespace is not None else allowed_namespaces
@@ -250,12 +252,13 @@ class Gateway:
         request = pb.InferenceRequest(
             request_id=request_id or uuid.uuid4().hex, route=route, body=body, model=model,
             deadline_unix_ms=int((time.time() + self.total_timeout) * 1000), want_usage=want_usage)
-        tried: set[str] = set()
-        busy = 0
+        tried = set() if tried is None else tried
+        busy = attempts = 0
         for _ in range(self.max_attempts):
             entry = choose(candidates, tried)
             if entry is None:
                 break
+            attempts += 1
             tried.add(entry.peer_id)
             entry.local_in_flight += 1
             try:
@@ -284,7 +287,7 @@ class Gateway:
                     continue
                 raise error
             return ex, entry, entry.namespace, model
-        if busy or not tried:
+        if busy or not attempts:
             raise HTTPError(503, f"every node serving '{model_ref}' is at capacity; retry shortly",
                             code="no_capacity", headers={"Retry-After": "1"})
         raise HTTPError(502, f"no node could serve '{model_ref}' (tried {len(tried)})", code="node_failure")
