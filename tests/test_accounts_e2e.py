@@ -70,8 +70,11 @@ def world(pg_db: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict
         p.stop()
 
 
-def _chat(gw: _procs.Gateway, key: str | None, model: str, **kw) -> httpx.Response:  # type: ignore[no-untyped-def]
+def _chat(gw: _procs.Gateway, key: str | None, model: str, *, request_id: str | None = None,
+          **kw) -> httpx.Response:  # type: ignore[no-untyped-def]
     headers = {"Authorization": f"Bearer {key}"} if key else {}
+    if request_id:
+        headers["X-Request-ID"] = request_id
     return httpx.post(gw.base_url + "/chat/completions", headers=headers, trust_env=False, timeout=30,
                       json={"model": model, "messages": [{"role": "user", "content": "a b c"}], **kw})
 
@@ -196,3 +199,57 @@ def test_no_secret_in_any_log(world: dict) -> None:
     for secret in (world["acme_secret"], world["beta_secret"], world["acme_key"], world["any_key"]):
         assert secret not in text
         assert secret.split("-")[-1] not in text
+
+
+def _cluster() -> tuple[str, str]:
+    out = subprocess.run(["pg_lsclusters", "--no-header"], capture_output=True, text=True, check=True).stdout
+    version, name = out.split()[:2]
+    return version, name
+
+
+def test_database_outage_under_load(world: dict) -> None:
+    """PostgreSQL stopped for a few seconds: cached keys keep serving, /healthz and the log say
+    the database is down, and every usage row is written once it is back."""
+    import shutil
+
+    if shutil.which("pg_ctlcluster") is None or "127.0.0.1" not in world["db"]:
+        pytest.skip("needs the local Debian PostgreSQL cluster to stop and start it")
+    version, name = _cluster()
+    gws = world["gws"]
+    for gw in gws:  # the key is verified and cached on both gateways
+        assert _chat(gw, world["any_key"], "acme:loopback").status_code == 200
+    tag = f"outage-{uuid.uuid4().hex[:8]}"
+    sent = 0
+    subprocess.run(["pg_ctlcluster", version, name, "stop", "-m", "fast"], check=True)
+    try:
+        degraded = set()
+        deadline = time.monotonic() + 4
+        while time.monotonic() < deadline:
+            for i, gw in enumerate(gws):
+                r = _chat(gw, world["any_key"], "acme:loopback", stream=bool(sent % 2),
+                          request_id=f"{tag}-{sent}")
+                assert r.status_code == 200, r.text
+                sent += 1
+                health = httpx.get(gw.http + "/healthz", trust_env=False).json()
+                if health["status"] == "degraded" and not health["database"]["ok"]:
+                    degraded.add(i)
+        assert degraded == {0, 1}, "/healthz did not report the database down"
+    finally:
+        subprocess.run(["pg_ctlcluster", version, name, "start"], check=True)
+    for gw in gws:
+        assert "database unavailable" in gw.proc.log.read_text()
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            count = raw_rows(world["db"], f"SELECT COUNT(*) FROM usage WHERE request_id LIKE '{tag}-%'")[0][0]
+        except Exception:  # noqa: BLE001 - the server is still starting
+            count = -1
+        if count == sent:
+            break
+        assert time.monotonic() < deadline, f"ledger did not catch up: {count} of {sent}"
+        time.sleep(0.2)
+    for gw in gws:
+        deadline = time.monotonic() + 10
+        while httpx.get(gw.http + "/healthz", trust_env=False).json()["status"] != "ok":
+            assert time.monotonic() < deadline, "/healthz still degraded after the database returned"
+            time.sleep(0.2)
