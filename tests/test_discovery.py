@@ -113,15 +113,7 @@ def _announcement(name: str, seq: int = 0, peer_id: bytes = b"") -> pb.Announcem
                            models=[pb.ModelInfo(name="smollm2", capacity=4)])
 
 
-async def test_heartbeat_relayed_to_second_gateway_with_verified_sender(net: Net) -> None:
-    got: list[tuple[str, pb.Announcement]] = []
-    arrived = trio.Event()
-
-    def on_heartbeat(sender: str, ann: pb.Announcement) -> None:
-        got.append((sender, ann))
-        arrived.set()
-
-    net.gw2.disc.on_heartbeat(on_heartbeat)
+async def _send_heartbeats_until(net: Net, done: trio.Event) -> None:
     seq = 0
 
     async def beat() -> None:
@@ -129,9 +121,32 @@ async def test_heartbeat_relayed_to_second_gateway_with_verified_sender(net: Net
         seq += 1
         await net.node.disc.publish_heartbeat(_announcement("node-a", seq))
 
-    await _repeat_until(arrived, beat)
+    await _repeat_until(done, beat)
+
+
+async def test_heartbeat_relayed_to_second_gateway_with_verified_sender(net: Net) -> None:
+    got: list[tuple[str, pb.Announcement]] = []
+    arrived = trio.Event()
+
+    def on_heartbeat(sender: str, ann: pb.Announcement) -> None:
+        got.append((sender, ann))
+        if len(got) >= 5:  # several, so the pending-queue check below means something
+            arrived.set()
+
+    net.gw2.disc.on_heartbeat(on_heartbeat)
+    # A second, silent node on gateway1: for each heartbeat it relays, gateway1 queues a
+    # copy for every connected peer not subscribed to heartbeats (node2 here).
+    async with _peer("node", listen=False) as node2:
+        await node2.host.connect(net.gw1.info)
+        await _eventually(lambda: node2.id in net.gw1.disc._pubsub.peers, "pubsub stream to node2")
+        await _send_heartbeats_until(net, arrived)
+        # That queue must stay at one entry, or CPU per heartbeat grows with nodes x
+        # queue length (see _pubsub.new_gossipsub).
+        pending = net.gw1.disc._router._pending_messages  # noqa: SLF001 - guards a libp2p trap
+        assert max(map(len, pending.values()), default=0) <= 1
+
     sender, ann = got[0]
-    assert sender == net.node.id.to_base58()
+    assert {s for s, _ in got} == {net.node.id.to_base58()}
     assert ann.peer_id == net.node.id.to_bytes()  # filled in by publish_heartbeat
     assert ann.name == "node-a" and ann.models[0].name == "smollm2"
     assert net.gw1.disc.rejected == net.gw2.disc.rejected == 0
@@ -202,7 +217,7 @@ async def test_gateway_announcement_reaches_node_through_other_gateway(net: Net)
     assert net.gw2.id in net.node.host.get_connected_peers()
 
 
-async def test_dht_provider_found_by_other_gateway_and_by_node(net: Net) -> None:
+async def test_dht_provider_found_by_other_gateway_and_by_node(net: Net, caplog: pytest.LogCaptureFixture) -> None:
     await net.gw2.disc.add_peer(net.gw1.id)
     await net.node.disc.add_peer(net.gw1.id)
     await net.gw1.disc.provide_models(["smollm2"])
@@ -227,6 +242,8 @@ async def test_dht_provider_found_by_other_gateway_and_by_node(net: Net) -> None
     # A node without a listen address does not provide (nobody could dial the record).
     await net.node.disc.provide_models(["only-on-node"])
     assert await net.gw2.disc.find_providers("only-on-node", timeout=1.0) == []
+    # Lookups never tried the DHT protocol on the node (a DHT client): see _dht.new_dht.
+    assert not [r for r in caplog.records if "not supported" in r.getMessage()]
 
 
 async def test_publish_arguments_are_checked(net: Net) -> None:

@@ -15,6 +15,7 @@ import libp2p.kad_dht.provider_store as _kad_providers
 import libp2p.kad_dht.value_store as _kad_values
 from libp2p.abc import IHost
 from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
+from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
 
 from tooti.p2p.protocols import DHT_PROTOCOL
@@ -36,7 +37,51 @@ def new_dht(host: IHost, *, server: bool) -> KadDHT:
     Random walk stays off: the routing table is seeded by hand from connected gateways,
     and a walk would dial peers the caller did not choose.
     """
-    return KadDHT(host, DHTMode.SERVER if server else DHTMode.CLIENT, enable_random_walk=False)
+    dht = KadDHT(host, DHTMode.SERVER if server else DHTMode.CLIENT, enable_random_walk=False)
+    # With fewer than 5 peers in its routing table (any federation of < 5 gateways), a
+    # lookup falls back to *every* connected peer and the whole peerstore: a gateway
+    # would open a DHT stream to each of its nodes (DHT clients), one failed protocol
+    # negotiation and one ERROR log each, on every provide and find. Show the lookup
+    # only peers that identify says speak our DHT protocol.
+    dht.peer_routing.host = _ServersOnly(host)  # type: ignore[assignment]
+    return dht
+
+
+class _ServersOnly:
+    """The host as the DHT's peer routing sees it: connected peers and peerstore ids
+    restricted to DHT servers; everything else is the host itself."""
+
+    def __init__(self, host: IHost) -> None:
+        self._host = host
+        self._peerstore = _ServersOnlyPeerstore(host)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._host, name)
+
+    def get_connected_peers(self) -> list[ID]:
+        return [p for p in self._host.get_connected_peers() if _is_dht_server(self._host, p)]
+
+    def get_peerstore(self) -> object:
+        return self._peerstore
+
+
+class _ServersOnlyPeerstore:
+    def __init__(self, host: IHost) -> None:
+        self._host = host
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._host.get_peerstore(), name)
+
+    def peer_ids(self) -> list[ID]:
+        return [p for p in self._host.get_peerstore().peer_ids() if _is_dht_server(self._host, p)]
+
+
+def _is_dht_server(host: IHost, peer: ID) -> bool:
+    # Unknown (identify not done yet) counts as "no": gateways are seeded explicitly.
+    try:
+        return DHT_PROTOCOL in host.get_peerstore().get_protocols(peer)
+    except Exception:  # noqa: BLE001 - peer not in the peerstore
+        return False
 
 
 def model_key(name: str) -> str:

@@ -78,6 +78,7 @@ class Discovery:
         self._host = host
         self._role = role
         self._me = host.get_id()
+        self._me_bytes = self._me.to_bytes()
         self._router, self._pubsub = _pubsub.new_gossipsub(host, rate_limit=heartbeat_rate_limit)
         self._dht = _dht.new_dht(host, server=role == "gateway")
         self._heartbeat_callbacks: list[HeartbeatCallback] = []
@@ -104,10 +105,10 @@ class Discovery:
             await self._pubsub.wait_until_ready()
             # Validators go in before the subscriptions, so no message is ever delivered
             # or forwarded unchecked. Nodes validate too: they forward gateway announcements.
-            self._pubsub.set_topic_validator(
-                HEARTBEAT_TOPIC, _pubsub.counting_validator(_pubsub.parse_heartbeat, self._count_reject), False)
-            self._pubsub.set_topic_validator(
-                GATEWAYS_TOPIC, _pubsub.counting_validator(_pubsub.parse_gateway, self._count_reject), False)
+            for topic, parse in ((HEARTBEAT_TOPIC, _pubsub.parse_heartbeat),
+                                 (GATEWAYS_TOPIC, _pubsub.parse_gateway)):
+                validator = _pubsub.counting_validator(parse, self._count_reject)
+                self._pubsub.set_topic_validator(topic, validator, False)
             _pubsub.use_subscription_buffer()
             async with trio.open_nursery() as nursery:
                 if self._role == "gateway":
@@ -149,7 +150,7 @@ class Discovery:
         subscribed to heartbeats yet this waits up to ``SUBSCRIBER_WAIT`` seconds first.
         """
         self._check_running()
-        mine = self._me.to_bytes()
+        mine = self._me_bytes
         if ann.peer_id and ann.peer_id != mine:
             raise ValueError("announcement.peer_id is not this host's peer id")
         if not ann.peer_id:
@@ -254,7 +255,7 @@ class Discovery:
                      deliver: Callable[[rpc_pb2.Message], None]) -> None:
         # A subscription that is not drained fills up and pubsub drops new messages.
         async for msg in subscription:
-            if msg.from_id == self._me.to_bytes():
+            if msg.from_id == self._me_bytes:
                 continue  # our own announcement, echoed back by the local subscription
             deliver(msg)
 
