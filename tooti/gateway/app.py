@@ -118,7 +118,8 @@ def create_app(gw: Gateway, *, max_body_bytes: int, accounts: Accounts | None = 
             "last_heartbeat_s": round(now - e.last_seen, 2), "live": now - e.last_seen <= gw.registry.ttl,
             "failures": e.failures, "version": e.version,
         } for e in gw.registry.all()]
-        return _json({"object": "list", "gateway": gw.peer_id, "data": nodes})
+        return _json({"object": "list", "gateway": gw.peer_id, "data": nodes,
+                      "heartbeats": {**gw.heartbeats, "rejected": gw.registry.rejected_heartbeats}})
 
     @app.get("/v1/usage")
     async def usage() -> Response:

@@ -60,6 +60,8 @@ class Gateway:
         self.addrs: list[str] = []  # this gateway's own dialable multiaddrs, set once listening
         self.refused_nodes = 0
         self._node_streams: dict[str, INetStream] = {}  # joined nodes' control streams
+        self._bound: dict[str, str] = {}  # joined node -> the namespace it proved
+        self.heartbeats = {"gossip": 0, "control": 0}
 
     # -- nodes joining ------------------------------------------------------------------------
 
@@ -87,6 +89,7 @@ class Gateway:
             gateways=sorted(self.other_gateways.values()))))
         self.registry.update(peer, ann)
         self._node_streams[peer] = stream
+        self._bound[peer] = namespace
         log.info("node %s joined (%s) serving %s", peer, namespace or "public",
                  ", ".join(m.name for m in ann.models) or "nothing yet")
         try:
@@ -103,6 +106,7 @@ class Gateway:
                     log.warning("heartbeat from %s rejected: claims do not match the sender", peer)
                     continue
                 self.registry.update(peer, hb)
+                self.heartbeats["control"] += 1
         except StreamError:
             pass
         finally:
@@ -111,6 +115,7 @@ class Gateway:
             self.pool.forget(peer)
             if self._node_streams.get(peer) is stream:
                 del self._node_streams[peer]
+                self._bound.pop(peer, None)
             log.info("node %s left", peer)
 
     async def _admission_problem(self, peer: str, ann: pb.Announcement, secret: str) -> str | None:
@@ -122,6 +127,24 @@ class Gateway:
             if not await self._namespace_check(ann.namespace, secret, peer):
                 return f"not authorised for namespace '{ann.namespace}' (wrong or missing secret)"
         return None
+
+    def on_gossip_heartbeat(self, sender: str, ann: pb.Announcement) -> None:
+        """A heartbeat from the gossip topic. The signature already proved ``sender`` wrote it
+        and the validator that its peer id is the sender's; here its namespace must be the one
+        that sender proved on this gateway. Heartbeats from nodes not joined here are ignored:
+        this gateway could not reach them anyway."""
+        bound = self._bound.get(sender)
+        if bound is None:
+            return
+        if ann.namespace != bound:
+            self.registry.rejected_heartbeats += 1
+            log.warning("gossip heartbeat from %s rejected: namespace claim does not match", sender)
+            return
+        self.registry.update(sender, ann)
+        self.heartbeats["gossip"] += 1
+
+    def on_gossip_gateway(self, sender: str, addrs: list[str]) -> None:
+        self._merge(pb.Welcome(accepted=True, gateway_peer_id=_peer_bytes(sender), gateways=addrs), sender)
 
     # -- other gateways -------------------------------------------------------------------------
     #

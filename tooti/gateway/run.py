@@ -12,6 +12,7 @@ from multiaddr import Multiaddr
 
 from tooti.config import GatewayConfig
 from tooti.p2p import protocols
+from tooti.p2p.discovery import Discovery
 from tooti.p2p.host import build_host, guarded
 from tooti.p2p.identity import load_or_create
 
@@ -49,6 +50,9 @@ async def run_gateway(
     )
     host.set_stream_handler(protocols.CONTROL, guarded("control")(gw.handle_control))
     host.set_stream_handler(protocols.PEERING, guarded("peering")(gw.handle_peering))
+    discovery = Discovery(host, role="gateway", heartbeat_rate_limit=1000.0)
+    discovery.on_heartbeat(gw.on_gossip_heartbeat)
+    discovery.on_gateway(gw.on_gossip_gateway)
     app = create_app(gw, max_body_bytes=cfg.gateway.max_body_bytes, accounts=accounts)
     hc = HypercornConfig()
     hc.bind = [cfg.gateway.http_listen]
@@ -60,14 +64,27 @@ async def run_gateway(
             p2p = _dialable(cfg.network.announce or [str(a) for a in host.get_addrs()], gw.peer_id)
             gw.addrs = p2p
             async with trio.open_nursery() as nursery:
+                await nursery.start(discovery.run)
                 nursery.start_soon(gw.expire_loop)
                 nursery.start_soon(gw.peering_loop, list(cfg.network.bootstrap))
+                nursery.start_soon(_announce_loop, discovery, gw)
                 urls = await nursery.start(_serve, app, hc)
                 log.info("gateway %s listening: http %s, p2p %s", gw.peer_id, ", ".join(urls), ", ".join(p2p))
                 task_status.started(Started(gw, urls, p2p))
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(2):
                 await host.close()
+
+
+async def _announce_loop(discovery: Discovery, gw: Gateway, *, interval: float = 10.0) -> None:
+    """Tell the network where this gateway is, so nodes anywhere can join it."""
+    while True:
+        if gw.addrs:
+            try:
+                await discovery.publish_gateway(gw.addrs)
+            except Exception as exc:  # noqa: BLE001 - nobody subscribed yet; try again later
+                log.debug("gateway announcement not sent: %s", exc)
+        await trio.sleep(interval)
 
 
 def _dialable(addrs: list[str], peer_id: str) -> list[str]:

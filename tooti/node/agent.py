@@ -12,7 +12,8 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
 
 import trio
 from libp2p.abc import IHost
@@ -70,6 +71,9 @@ class NodeAgent:
         self._seq = 0
         self._changed = trio.Event()
         self.ready = trio.Event()  # set once joined to at least one gateway
+        #: publishes heartbeats on the gossip topic; None: heartbeats go on control streams only
+        self.gossip: Callable[[pb.Announcement], Awaitable[None]] | None = None
+        self._streams: dict[str, Any] = {}  # joined gateway -> control stream
 
     # -- what other parts ask -------------------------------------------------------------
 
@@ -103,6 +107,7 @@ class NodeAgent:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             nursery.start_soon(self._refresh_loop)
+            nursery.start_soon(self._heartbeat_loop)
             for addr in self._bootstrap:
                 self._start_session(addr)
 
@@ -170,14 +175,15 @@ class NodeAgent:
             self.ready.set()
             for other in welcome.gateways:
                 self._start_session(other)
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._heartbeats, stream)
+            self._streams[peer] = stream
+            try:
                 # After Welcome the gateway sends only updates of the gateway list; the end of
                 # the stream means the gateway (or the path to it) is gone.
                 while (update := await reader.read_frame(pb.Welcome)) is not None:
                     for other in update.gateways:
                         self._start_session(other)
-                nursery.cancel_scope.cancel()
+            finally:
+                self._streams.pop(peer, None)
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(1):
                 try:
@@ -185,8 +191,25 @@ class NodeAgent:
                 except Exception:  # noqa: BLE001 - best effort
                     pass
 
-    async def _heartbeats(self, stream) -> None:  # type: ignore[no-untyped-def]
+    async def _heartbeat_loop(self) -> None:
+        """One heartbeat per interval (or at once on a change), signed, on the gossip topic;
+        every gateway subscribed hears it. Control streams carry it only when gossip cannot
+        (no gateway subscribed yet, or gossip disabled)."""
         while True:
             with trio.move_on_after(self._hb_interval):
                 await self._changed.wait()
-            await stream.write(encode(pb.ControlFrame(heartbeat=self.announcement())))
+            if not self._streams:
+                continue
+            ann = self.announcement()
+            if self.gossip is not None:
+                try:
+                    await self.gossip(ann)
+                    continue
+                except Exception as exc:  # noqa: BLE001 - fall back to the control streams
+                    log.debug("gossip heartbeat failed: %s", exc)
+            frame = encode(pb.ControlFrame(heartbeat=ann))
+            for stream in list(self._streams.values()):
+                try:
+                    await stream.write(frame)
+                except Exception:  # noqa: BLE001 - that session notices and reconnects
+                    pass

@@ -11,6 +11,7 @@ from multiaddr import Multiaddr
 
 from tooti.config import NodeConfig
 from tooti.p2p import protocols
+from tooti.p2p.discovery import Discovery
 from tooti.p2p.host import build_host, guarded
 from tooti.p2p.identity import load_or_create
 
@@ -51,12 +52,17 @@ async def run_node(cfg: NodeConfig, *, task_status: trio.TaskStatus[NodeAgent] =
         service = InferenceService(backend, stats, models=lambda: agent.models,
                                    allowed_peer=agent.is_gateway, default_timeout=cfg.timeouts.total_sec)
         host.set_stream_handler(protocols.INFERENCE, guarded("inference")(service.handle_stream))
+        # Built before any connection exists: pubsub learns of peers from connection events.
+        discovery = Discovery(host, role="node")
+        agent.gossip = discovery.publish_heartbeat
         listen = [Multiaddr(a) for a in cfg.network.listen]
         async with host.run(listen_addrs=listen):
             log.info("node %s (peer %s) starting, backend %s", agent.name, host.get_id(), cfg.backend.type)
             try:
-                task_status.started(agent)
-                await agent.run()
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(discovery.run)
+                    task_status.started(agent)
+                    await agent.run()
             finally:
                 with trio.CancelScope(shield=True), trio.move_on_after(2):
                     await host.close()

@@ -59,7 +59,7 @@ def build_host(key_pair: KeyPair) -> IHost:
     an empty list is fine for a peer that only dials out."""
     _route_libp2p_logs()
     noise = NoiseTransport(key_pair, noise_privkey=_new_x25519().private_key)
-    return libp2p.new_host(
+    host = libp2p.new_host(
         key_pair=key_pair,
         sec_opt={NOISE_PROTOCOL_ID: noise},
         muxer_opt={YAMUX_PROTOCOL_ID: Yamux},
@@ -70,6 +70,22 @@ def build_host(key_pair: KeyPair) -> IHost:
             auto_connect_interval=3600.0,
         ),
     )
+    _disable_auto_connector(host)
+    return host
+
+
+def _disable_auto_connector(host: IHost) -> None:
+    # The swarm's auto-connector tops connections up towards ~150 and redials departed peers;
+    # tooti decides whom to connect to. It has no switch, and every path checks that start()
+    # ran, so a start() that does nothing keeps it off.
+    connector = getattr(host.get_network(), "auto_connector", None)
+    if connector is None:
+        return
+
+    async def _stay_off() -> None:
+        return None
+
+    connector.start = _stay_off
 
 
 def peer_of(stream: INetStream) -> ID:
