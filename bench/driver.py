@@ -16,6 +16,7 @@ starts with ``"tok``.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 import trio
 
@@ -49,6 +50,8 @@ class Conn:
         self.host, self.port = host, port
         self.sock: trio.SocketStream | None = None
         self.buf = bytearray()
+        self.live_tokens = 0  # tokens of the request under way so far (read when cutting a stream off)
+        self.busy = False
 
     async def connect(self) -> None:
         await self.aclose()
@@ -74,14 +77,17 @@ class Conn:
             raise ConnectionLost("server closed the connection", early)
         self.buf += data
 
-    async def request(self, raw: bytes, *, stream: bool = False) -> Result:
+    async def request(self, raw: bytes, *, stream: bool = False,
+                      progress: Callable[[int, float], None] | None = None) -> Result:
         """Send a prepared request and read the whole response.
 
-        For a stream the body is scanned for tokens; the body is kept only for non-streams."""
+        For a stream the body is scanned for tokens (``progress(new_tokens, when)`` is called as
+        they arrive); the body is kept only for non-streams."""
         if self.sock is None:
             await self.connect()
         assert self.sock is not None
         started = time.perf_counter()
+        self.live_tokens = 0
         try:
             await self.sock.send_all(raw)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
@@ -122,9 +128,13 @@ class Conn:
                 joined = carry + piece
                 n = joined.count(TOKEN)
                 if n:
+                    now = time.perf_counter()
                     if first is None:
-                        first = time.perf_counter()
+                        first = now
                     tokens += n
+                    self.live_tokens = tokens
+                    if progress is not None:
+                        progress(n, now)
                 carry = joined[-3:]
                 tail = (tail + piece)[-32:]
             else:
