@@ -33,7 +33,8 @@ async def test_node_survives_garbage_from_its_gateway(tmp_path: Path) -> None:
         reader = FrameReader(stream)
         hello = await reader.read_frame(pb.ControlFrame)
         assert hello is not None and hello.WhichOneof("kind") == "hello"
-        await stream.write(encode(pb.Welcome(accepted=True, gateway_peer_id=host.get_id().to_bytes())))
+        await stream.write(encode(pb.GatewayControl(welcome=pb.Welcome(
+            accepted=True, gateway_peer_id=host.get_id().to_bytes()))))
         node_peer.append(peer_of(stream))
         joined.set()
         while await reader.fill():
@@ -110,8 +111,9 @@ async def test_gateway_survives_garbage_on_control_stream(tmp_path: Path) -> Non
             ann = pb.Announcement(peer_id=other.to_bytes(), models=[pb.ModelInfo(name="stolen", capacity=1)],
                                   capacity=1, backend_healthy=True, seq=1)
             await s.write(encode(pb.ControlFrame(hello=pb.Hello(announcement=ann))))
-            welcome = await FrameReader(s).read_frame(pb.Welcome)
-            assert welcome is not None and not welcome.accepted and "peer id" in welcome.reason
+            answer = await FrameReader(s).read_frame(pb.GatewayControl)
+            assert answer is not None and answer.WhichOneof("kind") == "welcome"
+            assert not answer.welcome.accepted and "peer id" in answer.welcome.reason
             await host.close()
         async with httpx.AsyncClient(trust_env=False) as client:
             r = await client.get(gw.http + "/healthz")

@@ -79,10 +79,10 @@ class StoreAccounts:
                  "prompt_tokens": r.prompt_tokens, "completion_tokens": r.completion_tokens,
                  "total_tokens": r.prompt_tokens + r.completion_tokens} for r in rows]
 
-    async def namespace_check(self, namespace: str, secret: str, peer_id: str) -> bool:
+    async def namespace_check(self, namespace: str) -> tuple[str, tuple[str, ...]] | None:
         # StoreUnavailable propagates: the control stream is reset and the node retries later,
         # rather than being told its (possibly right) secret is wrong.
-        return await self.store.verify_namespace(namespace, secret or None, peer_id)
+        return await self.store.namespace_verifier(namespace)
 
     async def refresh_namespaces(self) -> None:
         """Keep the set of registered namespace names fresh (for `ns:model` parsing)."""

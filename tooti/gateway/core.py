@@ -19,6 +19,7 @@ from libp2p.network.stream.exceptions import StreamError
 
 from tooti.p2p.framing import FrameError, FrameReader, encode
 from tooti.p2p.host import peer_of
+from tooti.store import proof
 from tooti.wire import pb
 
 from .errors import HTTPError
@@ -28,8 +29,8 @@ from .router import choose, record_failure, record_success
 
 log = logging.getLogger("tooti.gateway")
 
-#: (namespace, presented secret, peer id) -> may this peer serve under that namespace?
-NamespaceCheck = Callable[[str, str, str], Awaitable[bool]]
+#: namespace -> (stored secret hash, allowed peer ids), or None when no such namespace
+NamespaceCheck = Callable[[str], Awaitable[tuple[str, tuple[str, ...]] | None]]
 
 _HELLO_TIMEOUT = 10.0
 _CONTROL_MAX_FRAME = 256 * 1024
@@ -66,27 +67,27 @@ class Gateway:
     # -- nodes joining ------------------------------------------------------------------------
 
     async def handle_control(self, stream: INetStream) -> None:
-        """A node's control stream: Hello -> Welcome, then heartbeats until it goes away."""
+        """A node's control stream: Hello -> (Challenge -> Proof) -> Welcome, then heartbeats
+        until it goes away."""
         peer = str(peer_of(stream))
         reader = FrameReader(stream, max_frame=_CONTROL_MAX_FRAME)
         with trio.fail_after(_HELLO_TIMEOUT):
             first = await reader.read_frame(pb.ControlFrame)
-        if first is None or first.WhichOneof("kind") != "hello":
-            raise FrameError("control stream must start with Hello")
-        ann = first.hello.announcement
-        reason = await self._admission_problem(peer, ann, first.hello.namespace_secret)
+            if first is None or first.WhichOneof("kind") != "hello":
+                raise FrameError("control stream must start with Hello")
+            ann = first.hello.announcement
+            reason = await self._admission_problem(peer, ann, stream, reader)
         if reason:
             self.refused_nodes += 1
-            # The reason names the namespace, never the secret.
             log.warning("refused node %s: %s", peer, reason)
-            await stream.write(encode(pb.Welcome(accepted=False, reason=reason,
-                                                 gateway_peer_id=self.host.get_id().to_bytes())))
+            await stream.write(encode(pb.GatewayControl(welcome=pb.Welcome(
+                accepted=False, reason=reason, gateway_peer_id=self.host.get_id().to_bytes()))))
             await stream.close()
             return
         namespace = ann.namespace
-        await stream.write(encode(pb.Welcome(
+        await stream.write(encode(pb.GatewayControl(welcome=pb.Welcome(
             accepted=True, gateway_peer_id=self.host.get_id().to_bytes(),
-            gateways=sorted(self.other_gateways.values()))))
+            gateways=sorted(self.other_gateways.values())))))
         self.registry.update(peer, ann)
         self._node_streams[peer] = stream
         self._bound[peer] = namespace
@@ -118,14 +119,35 @@ class Gateway:
                 self._bound.pop(peer, None)
             log.info("node %s left", peer)
 
-    async def _admission_problem(self, peer: str, ann: pb.Announcement, secret: str) -> str | None:
+    async def _admission_problem(self, peer: str, ann: pb.Announcement, stream: INetStream,
+                                 reader: FrameReader) -> str | None:
+        """Why this node may not join (None: it may). A namespace is granted to an allow-listed
+        peer id, or to a node that answers a challenge with proof of the namespace's secret;
+        the secret itself never crosses the network."""
         if ann.peer_id != _peer_bytes(peer):
             return "announcement peer id does not match the connection's verified peer id"
-        if ann.namespace:
-            if self._namespace_check is None:
-                return None
-            if not await self._namespace_check(ann.namespace, secret, peer):
-                return f"not authorised for namespace '{ann.namespace}' (wrong or missing secret)"
+        if not ann.namespace or self._namespace_check is None:
+            return None
+        verifier = await self._namespace_check(ann.namespace)
+        if verifier is None:
+            return f"namespace '{ann.namespace}' is not registered"
+        stored_hash, allowed = verifier
+        if peer in allowed:
+            return None
+        try:
+            challenge, key = proof.challenge_for(stored_hash)
+        except ValueError:
+            return f"namespace '{ann.namespace}' has no usable secret"
+        await stream.write(encode(pb.GatewayControl(challenge=pb.Challenge(
+            nonce=challenge.nonce, scheme=challenge.scheme, salt=challenge.salt,
+            time_cost=challenge.time_cost, memory_cost=challenge.memory_cost,
+            parallelism=challenge.parallelism, hash_len=challenge.hash_len))))
+        answer = await reader.read_frame(pb.ControlFrame)
+        if answer is None or answer.WhichOneof("kind") != "proof":
+            return "no proof of the namespace secret"
+        if not proof.check(key, challenge, ann.namespace, ann.peer_id, self.host.get_id().to_bytes(),
+                           answer.proof.mac):
+            return f"not authorised for namespace '{ann.namespace}' (wrong secret)"
         return None
 
     def on_gossip_heartbeat(self, sender: str, ann: pb.Announcement) -> None:
@@ -173,8 +195,9 @@ class Gateway:
                     log.info("learned of gateway %s at %s", peer, addr)
                     self.other_gateways[peer] = addr
         if new:
-            update = encode(pb.Welcome(accepted=True, gateway_peer_id=self.host.get_id().to_bytes(),
-                                       gateways=sorted(self.other_gateways.values())))
+            update = encode(pb.GatewayControl(welcome=pb.Welcome(
+                accepted=True, gateway_peer_id=self.host.get_id().to_bytes(),
+                gateways=sorted(self.other_gateways.values()))))
             for node_peer, stream in list(self._node_streams.items()):
                 trio.lowlevel.spawn_system_task(_send_quietly, stream, update)
 

@@ -24,6 +24,7 @@ from multiaddr import Multiaddr
 import tooti
 from tooti.p2p import protocols
 from tooti.p2p.framing import FrameError, FrameReader, encode
+from tooti.store import proof
 from tooti.wire import pb
 
 from .backends.base import Backend, BackendError
@@ -161,12 +162,16 @@ class NodeAgent:
         await self.host.connect(info)
         stream = await self.host.new_stream(info.peer_id, [protocols.CONTROL])
         try:
-            hello = pb.Hello(announcement=self.announcement(), namespace_secret=self._secret)
-            await stream.write(encode(pb.ControlFrame(hello=hello)))
+            await stream.write(encode(pb.ControlFrame(hello=pb.Hello(announcement=self.announcement()))))
             reader = FrameReader(stream)
-            welcome = await reader.read_frame(pb.Welcome)
-            if welcome is None:
+            msg = await reader.read_frame(pb.GatewayControl)
+            if msg is not None and msg.WhichOneof("kind") == "challenge":
+                await stream.write(encode(pb.ControlFrame(proof=pb.Proof(
+                    mac=await self._prove(msg.challenge, info.peer_id.to_bytes())))))
+                msg = await reader.read_frame(pb.GatewayControl)
+            if msg is None or msg.WhichOneof("kind") != "welcome":
                 raise ConnectionError("gateway closed the control stream")
+            welcome = msg.welcome
             if not welcome.accepted:
                 log.error("gateway %s refused this node: %s", peer, welcome.reason)
                 raise NamespaceRefused(welcome.reason)
@@ -179,8 +184,8 @@ class NodeAgent:
             try:
                 # After Welcome the gateway sends only updates of the gateway list; the end of
                 # the stream means the gateway (or the path to it) is gone.
-                while (update := await reader.read_frame(pb.Welcome)) is not None:
-                    for other in update.gateways:
+                while (update := await reader.read_frame(pb.GatewayControl)) is not None:
+                    for other in update.welcome.gateways:
                         self._start_session(other)
             finally:
                 self._streams.pop(peer, None)
@@ -190,6 +195,16 @@ class NodeAgent:
                     await stream.reset()
                 except Exception:  # noqa: BLE001 - best effort
                     pass
+
+    async def _prove(self, c: pb.Challenge, gateway_peer: bytes) -> bytes:
+        """Answer a namespace challenge without revealing the secret (``tooti.store.proof``)."""
+        ch = proof.Challenge(c.nonce, c.scheme, c.salt, c.time_cost, c.memory_cost, c.parallelism, c.hash_len)
+        try:
+            # argon2 takes tens of milliseconds: keep it off the event loop.
+            key = await trio.to_thread.run_sync(proof.key_for, self._secret, ch)
+        except ValueError as exc:
+            raise NamespaceRefused(f"cannot answer the gateway's challenge: {exc}") from None
+        return proof.answer(key, ch, self.namespace, self.host.get_id().to_bytes(), gateway_peer)
 
     async def _heartbeat_loop(self) -> None:
         """One heartbeat per interval (or at once on a change), signed, on the gossip topic;

@@ -220,6 +220,21 @@ class Store:
         if count == 0:
             raise NotFound(f"no namespace named {name!r}")
 
+    async def namespace_verifier(self, name: str) -> tuple[str, tuple[str, ...]] | None:
+        """(stored secret hash, allowed peer ids) of a namespace, or None when unknown. For the
+        gateway's challenge-response proof (``tooti.store.proof``); never leaves the process."""
+        rows = await self._run(
+            lambda tx: tx.query(
+                "SELECT secret_hash, allowed_peer_ids FROM namespaces WHERE name = ?",
+                (name,),
+            ),
+            write=False,
+        )
+        if not rows:
+            return None
+        stored_hash, peers = rows[0]
+        return stored_hash, tuple(json.loads(peers))
+
     async def verify_namespace(self, name: str, secret: str | None, peer_id: str) -> bool:
         """True when ``peer_id`` is allow-listed or ``secret`` matches.
 

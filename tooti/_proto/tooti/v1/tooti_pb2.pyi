@@ -133,12 +133,34 @@ class Announcement(_message.Message):
     def __init__(self, peer_id: _Optional[bytes] = ..., namespace: _Optional[str] = ..., models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ..., capacity: _Optional[int] = ..., in_flight: _Optional[int] = ..., queue_depth: _Optional[int] = ..., ttft_ms_ema: _Optional[float] = ..., decode_tps_ema: _Optional[float] = ..., backend_healthy: _Optional[bool] = ..., version: _Optional[str] = ..., seq: _Optional[int] = ..., timestamp_ms: _Optional[int] = ..., name: _Optional[str] = ...) -> None: ...
 
 class Hello(_message.Message):
-    __slots__ = ("announcement", "namespace_secret")
+    __slots__ = ("announcement",)
     ANNOUNCEMENT_FIELD_NUMBER: _ClassVar[int]
-    NAMESPACE_SECRET_FIELD_NUMBER: _ClassVar[int]
     announcement: Announcement
-    namespace_secret: str
-    def __init__(self, announcement: _Optional[_Union[Announcement, _Mapping]] = ..., namespace_secret: _Optional[str] = ...) -> None: ...
+    def __init__(self, announcement: _Optional[_Union[Announcement, _Mapping]] = ...) -> None: ...
+
+class Challenge(_message.Message):
+    __slots__ = ("nonce", "scheme", "salt", "time_cost", "memory_cost", "parallelism", "hash_len")
+    NONCE_FIELD_NUMBER: _ClassVar[int]
+    SCHEME_FIELD_NUMBER: _ClassVar[int]
+    SALT_FIELD_NUMBER: _ClassVar[int]
+    TIME_COST_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_COST_FIELD_NUMBER: _ClassVar[int]
+    PARALLELISM_FIELD_NUMBER: _ClassVar[int]
+    HASH_LEN_FIELD_NUMBER: _ClassVar[int]
+    nonce: bytes
+    scheme: str
+    salt: bytes
+    time_cost: int
+    memory_cost: int
+    parallelism: int
+    hash_len: int
+    def __init__(self, nonce: _Optional[bytes] = ..., scheme: _Optional[str] = ..., salt: _Optional[bytes] = ..., time_cost: _Optional[int] = ..., memory_cost: _Optional[int] = ..., parallelism: _Optional[int] = ..., hash_len: _Optional[int] = ...) -> None: ...
+
+class Proof(_message.Message):
+    __slots__ = ("mac",)
+    MAC_FIELD_NUMBER: _ClassVar[int]
+    mac: bytes
+    def __init__(self, mac: _Optional[bytes] = ...) -> None: ...
 
 class Welcome(_message.Message):
     __slots__ = ("accepted", "reason", "gateway_peer_id", "gateways")
@@ -152,10 +174,20 @@ class Welcome(_message.Message):
     gateways: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, accepted: _Optional[bool] = ..., reason: _Optional[str] = ..., gateway_peer_id: _Optional[bytes] = ..., gateways: _Optional[_Iterable[str]] = ...) -> None: ...
 
+class GatewayControl(_message.Message):
+    __slots__ = ("challenge", "welcome")
+    CHALLENGE_FIELD_NUMBER: _ClassVar[int]
+    WELCOME_FIELD_NUMBER: _ClassVar[int]
+    challenge: Challenge
+    welcome: Welcome
+    def __init__(self, challenge: _Optional[_Union[Challenge, _Mapping]] = ..., welcome: _Optional[_Union[Welcome, _Mapping]] = ...) -> None: ...
+
 class ControlFrame(_message.Message):
-    __slots__ = ("hello", "heartbeat")
+    __slots__ = ("hello", "heartbeat", "proof")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
+    PROOF_FIELD_NUMBER: _ClassVar[int]
     hello: Hello
     heartbeat: Announcement
-    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., heartbeat: _Optional[_Union[Announcement, _Mapping]] = ...) -> None: ...
+    proof: Proof
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., heartbeat: _Optional[_Union[Announcement, _Mapping]] = ..., proof: _Optional[_Union[Proof, _Mapping]] = ...) -> None: ...
