@@ -35,6 +35,7 @@ from libp2p.tools.anyio_service import background_trio_service
 from multiaddr import Multiaddr
 
 from tooti.p2p import _dht, _pubsub
+from tooti.p2p.host import disable_auto_connector
 from tooti.p2p.protocols import GATEWAYS_TOPIC, HEARTBEAT_TOPIC
 from tooti.wire import pb
 
@@ -299,16 +300,9 @@ def _with_own_id(addr: str, me: ID) -> str:
 
 
 async def _turn_off_auto_connector(host: IHost) -> None:
-    """Stop the swarm's auto-connector, which tops connections up to ~100 and redials
-    departed peers: tooti decides whom to connect to. There is no config switch. Swarm.run()
-    calls ``start()`` and every auto-dial path returns early unless it did, so: replace
-    ``start`` (for a host not running yet) and ``stop()`` it (for one already running)."""
+    """Keep the swarm's auto-connector off (see ``host.disable_auto_connector``), also for a
+    host built elsewhere and already running."""
+    disable_auto_connector(host)
     connector = getattr(host.get_network(), "auto_connector", None)
-    if connector is None:
-        return
-
-    async def _stay_off() -> None:
-        return None
-
-    connector.start = _stay_off
-    await connector.stop()
+    if connector is not None:
+        await connector.stop()

@@ -70,11 +70,11 @@ def build_host(key_pair: KeyPair) -> IHost:
             auto_connect_interval=3600.0,
         ),
     )
-    _disable_auto_connector(host)
+    disable_auto_connector(host)
     return host
 
 
-def _disable_auto_connector(host: IHost) -> None:
+def disable_auto_connector(host: IHost) -> None:
     # The swarm's auto-connector tops connections up towards ~150 and redials departed peers;
     # tooti decides whom to connect to. It has no switch, and every path checks that start()
     # ran, so a start() that does nothing keeps it off.

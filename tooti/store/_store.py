@@ -241,17 +241,11 @@ class Store:
         The secret comparison is constant-time (and argon2 runs in a thread).
         Unknown namespaces verify as False.
         """
-        rows = await self._run(
-            lambda tx: tx.query(
-                "SELECT secret_hash, allowed_peer_ids FROM namespaces WHERE name = ?",
-                (name,),
-            ),
-            write=False,
-        )
-        if not rows:
+        verifier = await self.namespace_verifier(name)
+        if verifier is None:
             return False
-        stored_hash, peers = rows[0]
-        if peer_id and peer_id in json.loads(peers):
+        stored_hash, peers = verifier
+        if peer_id and peer_id in peers:
             return True
         if secret is None:
             return False
