@@ -56,13 +56,25 @@ def _ask(gw: _procs.Gateway, model: str = "fake", **x_fake) -> httpx.Response:  
 def test_every_model_reachable_from_both_gateways(net: dict) -> None:
     peers = {n.peer_id for n in net["nodes"].values()}
     for gw in net["gws"]:
-        assert peers <= set(_live(gw)), "a gateway does not see every node"
+        live = _live(gw)
+        assert peers <= set(live), "a gateway does not see every node"
         for model in ("red:fake", "blue:fake", "fake"):
             assert _ask(gw, model).status_code == 200
     # namespace routing: red:fake is only ever served by red nodes, through either gateway
     red = {net["nodes"]["red1"].peer_id, net["nodes"]["red2"].peer_id}
     served = Counter(_ask(gw, "red:fake").headers["x-tooti-node"] for gw in net["gws"] for _ in range(20))
     assert set(served) <= red and len(served) == 2  # both red nodes used, via both gateways
+
+
+def test_round_trip_times_are_measured(net: dict) -> None:
+    deadline = time.monotonic() + 15
+    while True:
+        rtts = [n["rtt_ms"] for n in _live(net["gws"][0]).values()]
+        if rtts and all(r is not None for r in rtts):
+            break
+        assert time.monotonic() < deadline, f"no RTT measured: {rtts}"
+        time.sleep(0.2)
+    assert all(0 < r < 1000 for r in rtts)
 
 
 def test_status_command_prints_the_network(net: dict) -> None:

@@ -114,7 +114,8 @@ def create_app(gw: Gateway, *, max_body_bytes: int, accounts: Accounts | None = 
         nodes = [{
             "peer_id": e.peer_id, "name": e.name, "namespace": e.namespace, "models": sorted(e.models),
             "capacity": e.capacity, "in_flight": e.load(), "healthy": e.healthy,
-            "ttft_ms": round(e.ttft_ms, 1), "tokens_per_s": round(e.tps, 1), "rtt_ms": e.rtt_ms,
+            "ttft_ms": round(e.ttft_ms, 1), "tokens_per_s": round(e.tps, 1),
+            "rtt_ms": None if e.rtt_ms is None else round(e.rtt_ms, 2),
             "last_heartbeat_s": round(now - e.last_seen, 2), "live": now - e.last_seen <= gw.registry.ttl,
             "failures": e.failures, "version": e.version,
         } for e in gw.registry.all()]

@@ -8,12 +8,14 @@ another node while the client has seen nothing.
 from __future__ import annotations
 
 import logging
+import os
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 
 import trio
 from libp2p.abc import IHost, INetStream
+from libp2p.custom_types import TProtocol
 from libp2p.peer.id import ID
 from libp2p.network.stream.exceptions import StreamError
 
@@ -33,6 +35,7 @@ log = logging.getLogger("tooti.gateway")
 NamespaceCheck = Callable[[str], Awaitable[tuple[str, tuple[str, ...]] | None]]
 
 _HELLO_TIMEOUT = 10.0
+_PING = TProtocol("/ipfs/ping/1.0.0")  # libp2p's own ping, which every host answers
 _CONTROL_MAX_FRAME = 256 * 1024
 
 
@@ -241,6 +244,45 @@ class Gateway:
                 except Exception as exc:  # noqa: BLE001 - a gateway may be down; try again later
                     log.debug("peering with %s failed: %s", peer, exc)
             await trio.sleep(interval)
+
+    async def rtt_loop(self, *, interval: float = 5.0) -> None:
+        """Measure the round trip to every joined node with libp2p ping on one kept stream per
+        node (a new stream per probe would cost more than the probe), as a moving average."""
+        streams: dict[str, INetStream] = {}
+        while True:
+            async with trio.open_nursery() as nursery:
+                for peer in list(self._node_streams):
+                    nursery.start_soon(self._probe_rtt, peer, streams)
+            for gone in set(streams) - set(self._node_streams):
+                await reset_quietly(streams.pop(gone))
+            await trio.sleep(interval)
+
+    async def _probe_rtt(self, peer: str, streams: dict[str, INetStream]) -> None:
+        payload = os.urandom(32)
+        try:
+            with trio.fail_after(2):
+                stream = streams.get(peer)
+                if stream is None:
+                    stream = streams[peer] = await self.host.new_stream(ID.from_base58(peer), [_PING])
+                start = time.perf_counter()
+                await stream.write(payload)
+                echoed = b""
+                while len(echoed) < len(payload):
+                    chunk = await stream.read(len(payload) - len(echoed))
+                    if not chunk:
+                        raise ConnectionError("ping stream closed")
+                    echoed += chunk
+                rtt = (time.perf_counter() - start) * 1000
+            if echoed != payload:
+                raise ValueError("bad pong")
+        except Exception:  # noqa: BLE001 - a failed probe only drops the stream; heartbeats judge liveness
+            stream = streams.pop(peer, None)
+            if stream is not None:
+                await reset_quietly(stream)
+            return
+        entry = self.registry.get(peer)
+        if entry is not None:
+            entry.rtt_ms = rtt if entry.rtt_ms is None else 0.3 * rtt + 0.7 * entry.rtt_ms
 
     async def expire_loop(self) -> None:
         """Log nodes that went silent; the registry itself ignores them past the TTL."""

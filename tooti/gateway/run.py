@@ -66,6 +66,7 @@ async def run_gateway(
             async with trio.open_nursery() as nursery:
                 await nursery.start(discovery.run)
                 nursery.start_soon(gw.expire_loop)
+                nursery.start_soon(gw.rtt_loop)
                 nursery.start_soon(gw.peering_loop, list(cfg.network.bootstrap))
                 nursery.start_soon(_announce_loop, discovery, gw)
                 urls = await nursery.start(_serve, app, hc)
