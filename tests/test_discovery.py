@@ -278,3 +278,21 @@ def test_model_key_and_dedupe() -> None:
     a, b = Multiaddr("/ip4/10.0.0.1/tcp/1"), Multiaddr("/ip4/10.0.0.2/tcp/1")
     out = _dht.dedupe([PeerInfo(pid, [a]), PeerInfo(pid, [a, b])])
     assert len(out) == 1 and out[0].addrs == [a, b]
+
+
+async def test_node_finds_every_gateway_in_the_dht(net: Net) -> None:
+    """A node that knows one gateway finds the others through the DHT's gateways key."""
+    await net.gw1.disc.add_peer(net.gw2.id)
+    await net.gw2.disc.add_peer(net.gw1.id)
+    await net.gw1.disc.provide_gateway()
+    await net.gw2.disc.provide_gateway()
+    await net.node.disc.add_peer(net.gw1.id)
+    found: list[PeerInfo] = []
+    with trio.move_on_after(DEADLINE):
+        while {p.peer_id for p in found} != {net.gw1.id, net.gw2.id}:
+            found = await net.node.disc.find_gateways()
+            await trio.sleep(PACE)
+    assert {p.peer_id for p in found} == {net.gw1.id, net.gw2.id}
+    gw2 = next(p for p in found if p.peer_id == net.gw2.id)
+    assert gw2.addrs  # dialable: the node can join it
+    assert net.gw2.id not in {p.peer_id for p in await net.gw2.disc.find_gateways()}  # never itself

@@ -8,6 +8,7 @@ from collections.abc import Callable
 import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
+from libp2p.peer.id import ID
 from multiaddr import Multiaddr
 
 from tooti.config import GatewayConfig
@@ -78,9 +79,17 @@ async def run_gateway(
 
 
 async def _announce_loop(discovery: Discovery, gw: Gateway, *, interval: float = 10.0) -> None:
-    """Tell the network where this gateway is, so nodes anywhere can join it."""
+    """Tell the network where this gateway is, so nodes anywhere can join it: on the gateways
+    gossip topic, and under the DHT's gateways key (with the gateways it peers with seeded into
+    its routing table, so lookups reach them)."""
+    seeded: set[str] = set()
     while True:
+        for peer in set(gw.other_gateways) - seeded:
+            if gw.host.get_network().get_connections(ID.from_base58(peer)):
+                await discovery.add_peer(ID.from_base58(peer))
+                seeded.add(peer)
         if gw.addrs:
+            await discovery.provide_gateway()
             try:
                 await discovery.publish_gateway(gw.addrs)
             except Exception as exc:  # noqa: BLE001 - nobody subscribed yet; try again later

@@ -75,6 +75,9 @@ class NodeAgent:
         #: publishes heartbeats on the gossip topic; None: heartbeats go on control streams only
         self.gossip: Callable[[pb.Announcement], Awaitable[None]] | None = None
         self._streams: dict[str, Any] = {}  # joined gateway -> control stream
+        #: DHT hooks (set by run_node): seed a joined gateway, list gateways with addresses
+        self.dht_seed: Callable[[str], Awaitable[None]] | None = None
+        self.dht_gateways: Callable[[], Awaitable[list[str]]] | None = None
 
     # -- what other parts ask -------------------------------------------------------------
 
@@ -109,6 +112,7 @@ class NodeAgent:
             self._nursery = nursery
             nursery.start_soon(self._refresh_loop)
             nursery.start_soon(self._heartbeat_loop)
+            nursery.start_soon(self._dht_loop)
             for addr in self._bootstrap:
                 self._start_session(addr)
 
@@ -195,6 +199,23 @@ class NodeAgent:
                     await stream.reset()
                 except Exception:  # noqa: BLE001 - best effort
                     pass
+
+    async def _dht_loop(self, *, interval: float = 30.0) -> None:
+        """Find gateways through the DHT (every gateway provides a well-known key) and join
+        those not joined yet; the gateways this node joined are its DHT entry points."""
+        if self.dht_seed is None or self.dht_gateways is None:
+            return
+        await self.ready.wait()
+        seeded: set[str] = set()
+        while True:
+            for peer in set(self.joined) - seeded:
+                await self.dht_seed(peer)
+                seeded.add(peer)
+            for addr in await self.dht_gateways():
+                if addr.rsplit("/p2p/", 1)[-1] not in self._sessions:
+                    log.info("found gateway %s in the DHT", addr)
+                    self._start_session(addr)
+            await trio.sleep(interval)
 
     async def _prove(self, c: pb.Challenge, gateway_peer: bytes) -> bytes:
         """Answer a namespace challenge without revealing the secret (``tooti.store.proof``)."""

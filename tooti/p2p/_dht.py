@@ -93,6 +93,10 @@ def model_key(name: str) -> str:
     return "1220" + hashlib.sha256(b"tooti/model/" + name.encode()).hexdigest()
 
 
+#: the DHT key every gateway provides, so a node that knows one gateway finds all of them
+GATEWAYS_KEY = "1220" + hashlib.sha256(b"tooti/gateways").hexdigest()
+
+
 def dedupe(providers: Iterable[PeerInfo]) -> list[PeerInfo]:
     """One PeerInfo per peer, first-seen order, addresses merged without repeats.
 

@@ -209,6 +209,25 @@ class Discovery:
             for name in names:
                 nursery.start_soon(self._provide_one, name)
 
+    async def provide_gateway(self) -> None:
+        """Gateways: advertise this host under the well-known gateways key."""
+        self._check_running()
+        try:
+            await self._dht.provide(_dht.GATEWAYS_KEY)
+        except Exception:  # noqa: BLE001 - see provide_models
+            log.warning("DHT provide of the gateway key failed", exc_info=True)
+
+    async def find_gateways(self, *, timeout: float = 2.0) -> list[PeerInfo]:
+        """Every gateway the DHT knows of (with addresses), this host excluded."""
+        self._check_running()
+        found: list[PeerInfo] = []
+        with trio.move_on_after(timeout):
+            try:
+                found = await self._dht.find_providers(_dht.GATEWAYS_KEY)
+            except Exception:  # noqa: BLE001 - a failed lookup is an empty answer
+                log.warning("DHT lookup for gateways failed", exc_info=True)
+        return [p for p in _dht.dedupe(found) if p.peer_id != self._me and p.addrs]
+
     async def find_providers(self, model: str, *, timeout: float = 2.0) -> list[PeerInfo]:
         """Peers advertising ``model`` (possibly including this host), one entry per peer.
 
