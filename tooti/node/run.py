@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 
 import httpx
 import trio
+from libp2p.peer.id import ID
 from multiaddr import Multiaddr
 
 from tooti.config import NodeConfig
@@ -23,6 +24,16 @@ from .service import InferenceService
 from .stats import NodeStats
 
 log = logging.getLogger("tooti.node")
+
+
+async def _gateway_addrs(discovery: Discovery) -> list[str]:
+    out = []
+    for info in await discovery.find_gateways():
+        addrs = [str(a) for a in info.addrs if "/ip4/0.0.0.0/" not in str(a)]
+        if addrs:
+            a = addrs[0]
+            out.append(a if "/p2p/" in a else f"{a}/p2p/{info.peer_id}")
+    return out
 
 
 async def run_node(cfg: NodeConfig, *, task_status: trio.TaskStatus[NodeAgent] = trio.TASK_STATUS_IGNORED) -> None:
@@ -57,6 +68,8 @@ async def run_node(cfg: NodeConfig, *, task_status: trio.TaskStatus[NodeAgent] =
         # Built before any connection exists: pubsub learns of peers from connection events.
         discovery = Discovery(host, role="node")
         agent.gossip = discovery.publish_heartbeat
+        agent.dht_seed = lambda peer: discovery.add_peer(ID.from_base58(peer))
+        agent.dht_gateways = lambda: _gateway_addrs(discovery)
         listen = [Multiaddr(a) for a in cfg.network.listen]
         async with host.run(listen_addrs=listen):
             log.info("node %s (peer %s) starting, backend %s", agent.name, host.get_id(), cfg.backend.type)
