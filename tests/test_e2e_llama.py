@@ -141,6 +141,7 @@ def test_bad_requests(net: dict, data: bytes, status: int, code: str) -> None:
     r = httpx.post(net["gw"].base_url + "/chat/completions", content=data, trust_env=False)
     assert r.status_code == status
     assert r.json()["error"]["code"] == code
+    assert r.headers["x-request-id"]
     validate("ErrorResponse", r.json())
 
 
@@ -148,7 +149,22 @@ def test_body_over_limit_is_413(net: dict) -> None:
     big = b'{"model": "smollm2", "messages": [], "pad": "' + b"x" * (5 * 1024 * 1024) + b'"}'
     r = httpx.post(net["gw"].base_url + "/chat/completions", content=big, trust_env=False)
     assert r.status_code == 413
+    assert r.headers["x-request-id"]
     validate("ErrorResponse", r.json())
+
+
+def test_unknown_route_and_method_are_openai_errors(net: dict) -> None:
+    r = httpx.get(net["gw"].base_url + "/nothing-here", trust_env=False)
+    assert r.status_code == 404 and r.headers["x-request-id"]
+    validate("ErrorResponse", r.json())
+    r = httpx.get(net["gw"].base_url + "/chat/completions", trust_env=False)
+    assert r.status_code == 405 and r.headers["x-request-id"]
+    validate("ErrorResponse", r.json())
+
+
+def test_client_request_id_is_echoed(net: dict) -> None:
+    r = httpx.get(net["gw"].base_url + "/models", headers={"X-Request-ID": "my-trace-42"}, trust_env=False)
+    assert r.headers["x-request-id"] == "my-trace-42"
 
 
 def test_healthz(net: dict) -> None:
