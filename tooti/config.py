@@ -18,23 +18,34 @@ Public entry points: :func:`load_node_config`, :func:`load_gateway_config`,
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import json
 import os
-import re
 import socket
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TextIO
-from urllib.parse import urlsplit
-
-import multiaddr
-import yaml
-from libp2p.identity_utils import load_identity
-from libp2p.peer.id import ID
 
 from tooti import _yaml_positions as _yp
+from tooti._config_checks import (
+    _DB_URL_RULE,
+    DATABASE_URL_ENV,
+    _backend_post,
+    _database_url,
+    _Entries,
+    _host_port,
+    _http_url,
+    _is_db_url,
+    _key_file,
+    _key_file_problem,
+    _models_post,
+    _multiaddr,
+    _namespace,
+    _secret,
+    _split_host_port,
+    _timeouts_post,
+)
+from tooti._config_file import ConfigKind, _check_document
 from tooti._yaml_positions import Problem
 
 __all__ = [
@@ -61,15 +72,6 @@ __all__ = [
     "check_file",
     "run_check",
 ]
-
-ConfigKind = Literal["node", "gateway"]
-
-#: Environment variable that, when set and non-empty, replaces ``database.url``.
-DATABASE_URL_ENV = "TOOTI_DATABASE_URL"
-
-_DB_URL_PREFIXES = ("sqlite:///", "postgres://", "postgresql://")
-
-_Entries = dict[str, _yp.Entry]
 
 
 class ConfigError(Exception):
@@ -227,225 +229,8 @@ class GatewayConfig:
 
 
 # --------------------------------------------------------------------------
-# Value checkers specific to tooti (generic ones live in _yaml_positions).
-# Each returns the checked value, or records a problem and returns INVALID.
-
-
-_NAMESPACE_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
-
-
-def _namespace(ctx: _yp.Ctx, node: yaml.Node, path: str) -> Any:
-    value = _yp.string(ctx, node, path)
-    if value is _yp.INVALID or value == "" or _NAMESPACE_RE.fullmatch(value):
-        return value
-    return ctx.report(
-        node,
-        path,
-        f"must be 1-63 characters of a-z, 0-9, '_' and '-', starting with a letter or digit, got {value!r}",
-    )
-
-
-_ENV_REF_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
-
-
-def _expand_env(ctx: _yp.Ctx, node: yaml.Node, path: str, raw: str) -> Any:
-    """Replace ``${NAME}`` references in ``raw`` with environment values.
-
-    Messages name the variable, never a value, because the result is a secret.
-    """
-    before = len(ctx.problems)
-    for name in dict.fromkeys(_ENV_REF_RE.findall(raw)):
-        if name not in os.environ:
-            ctx.report(node, path, f"environment variable {name} is not set")
-    if "${" in _ENV_REF_RE.sub("", raw):
-        ctx.report(node, path, "malformed ${...} reference; write ${NAME} using letters, digits and '_'")
-    if len(ctx.problems) > before:
-        return _yp.INVALID
-    return _ENV_REF_RE.sub(lambda m: os.environ[m.group(1)], raw)
-
-
-def _secret(ctx: _yp.Ctx, node: yaml.Node, path: str) -> Any:
-    raw = _yp.string(ctx, node, path)
-    return raw if raw is _yp.INVALID else _expand_env(ctx, node, path, raw)
-
-
-def _http_url(ctx: _yp.Ctx, node: yaml.Node, path: str) -> Any:
-    value = _yp.string(ctx, node, path)
-    if value is _yp.INVALID:
-        return value
-    # The URL is not echoed: it may carry credentials (http://user:pass@host).
-    try:
-        parts = urlsplit(value)
-        parts.port  # raises ValueError for a non-numeric or out-of-range port
-    except ValueError:
-        return ctx.report(node, path, "not a valid URL (check the host and port)")
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        return ctx.report(node, path, "must be an http:// or https:// URL with a host")
-    return value
-
-
-def _shorten(text: str, limit: int = 160) -> str:
-    # The multiaddr parser repeats the input and nests its causes with raw
-    # bytes; the first part is what a person needs.
-    text = re.sub(r" \(string: .*\)$", "", text)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _multiaddr(*, peer_id: bool) -> _yp.Checker:
-    """Checker for a multiaddr string; with ``peer_id`` it must end in /p2p/<id>."""
-
-    def check(ctx: _yp.Ctx, node: yaml.Node, path: str) -> Any:
-        text = _yp.string(ctx, node, path)
-        if text is _yp.INVALID:
-            return text
-        if not text.strip():
-            return ctx.report(node, path, "not a valid multiaddr: it is empty")
-        try:
-            addr = multiaddr.Multiaddr(text)
-        except Exception as exc:  # the parser raises several unrelated types for bad input
-            return ctx.report(node, path, f"not a valid multiaddr: {_shorten(str(exc))}")
-        if not peer_id:
-            return text
-        protocols = [p.name for p in addr.protocols()]
-        if protocols[-1] != "p2p":
-            return ctx.report(
-                node, path, "must end with /p2p/<peer id> so the dialer can verify whom it reached"
-            )
-        if len(protocols) < 2:
-            return ctx.report(node, path, "needs a transport address before /p2p/<peer id>")
-        peer = addr.value_for_protocol("p2p")
-        try:
-            ID.from_base58(peer)
-        except Exception as exc:  # base58 decoding raises ValueError, KeyError, ...
-            return ctx.report(node, path, f"invalid peer id {peer!r}: {exc}")
-        return text
-
-    return check
-
-
-def _key_file(ctx: _yp.Ctx, node: yaml.Node, path: str) -> Any:
-    text = _yp.nonempty_string(ctx, node, path)
-    if text is _yp.INVALID:
-        return text
-    resolved = Path(text).expanduser()
-    if not resolved.is_absolute():
-        resolved = ctx.base_dir / resolved
-    why = _key_file_problem(resolved)
-    return resolved if why is None else ctx.report(node, path, why)
-
-
-def _key_file_problem(path: Path) -> str | None:
-    """Say why ``path`` cannot serve as an identity key file, or ``None`` if it can.
-
-    An existing file must hold a libp2p private key.  A missing file is fine
-    as long as it can be created on first start.
-    """
-    try:
-        exists = path.exists()
-    except OSError as exc:
-        return f"cannot access {path}: {exc.strerror or exc}"
-    if exists:
-        if path.is_dir():
-            return f"{path} is a directory, not a key file"
-        if not os.access(path, os.R_OK):
-            return f"{path} is not readable"
-        try:
-            load_identity(path)
-        except OSError as exc:
-            return f"cannot read {path}: {exc.strerror or exc}"
-        except Exception:  # key deserialisation raises assorted types for garbage
-            return f"{path} is not a libp2p private key file"
-        return None
-    parent = path.parent
-    if not parent.is_dir():
-        return f"{path} does not exist and neither does its directory {parent}"
-    if not os.access(parent, os.W_OK | os.X_OK):
-        return f"{path} does not exist and cannot be created: {parent} is not writable"
-    return None
-
-
-def _split_host_port(text: str) -> tuple[str, int]:
-    """Split ``host:port`` or ``[v6addr]:port``; raise ValueError with a reason."""
-    if text.startswith("["):
-        host, closed, rest = text[1:].partition("]")
-        if not closed or not rest.startswith(":"):
-            raise ValueError("expected [address]:port for IPv6, e.g. [::1]:8080")
-        try:
-            ipaddress.IPv6Address(host)
-        except ValueError:
-            raise ValueError(f"{host!r} is not an IPv6 address") from None
-        port_text = rest[1:]
-    else:
-        host, colon, port_text = text.rpartition(":")
-        if not colon or not host:
-            raise ValueError("expected host:port, e.g. 127.0.0.1:8080")
-        if ":" in host:
-            raise ValueError("put IPv6 addresses in brackets, e.g. [::1]:8080")
-    if not re.fullmatch(r"[0-9]{1,5}", port_text):
-        raise ValueError(f"port {port_text!r} is not a number")
-    port = int(port_text)
-    if not 1 <= port <= 65535:
-        raise ValueError(f"port {port} is out of range 1..65535")
-    return host, port
-
-
-def _host_port(ctx: _yp.Ctx, node: yaml.Node, path: str) -> Any:
-    text = _yp.string(ctx, node, path)
-    if text is _yp.INVALID:
-        return text
-    try:
-        _split_host_port(text)
-    except ValueError as exc:
-        return ctx.report(node, path, f"{exc}, got {text!r}")
-    return text
-
-
-def _is_db_url(url: str) -> bool:
-    return url.startswith(_DB_URL_PREFIXES)
-
-
-_DB_URL_RULE = "must start with " + ", ".join(_DB_URL_PREFIXES[:-1]) + " or " + _DB_URL_PREFIXES[-1]
-
-
-def _database_url(ctx: _yp.Ctx, node: yaml.Node, path: str) -> Any:
-    raw = _yp.string(ctx, node, path)
-    if raw is _yp.INVALID or os.environ.get(DATABASE_URL_ENV):
-        # Overridden: the file's value is never used, so unset ${VARS} in it
-        # must not fail the load.  The override is checked in _gateway_post.
-        return raw
-    url = _expand_env(ctx, node, path, raw)
-    if url is _yp.INVALID or _is_db_url(url):
-        return url
-    return ctx.report(node, path, _DB_URL_RULE)  # the URL itself may hold a password
-
-
-# --------------------------------------------------------------------------
-# Cross-field checks
-
-
-def _backend_post(
-    ctx: _yp.Ctx, entries: _Entries, values: dict[str, Any], path: str, line: int | None
-) -> None:
-    kind = values.get("type")
-    if kind is not None and kind != "loopback" and "base_url" not in entries:
-        ctx.report(line, _yp.join(path, "base_url"), f"missing required key (needed for type {kind!r})")
-
-
-def _models_post(
-    ctx: _yp.Ctx, entries: _Entries, values: dict[str, Any], path: str, line: int | None
-) -> None:
-    if values.get("allow") == ():
-        ctx.report(entries["allow"].value_node, _yp.join(path, "allow"),
-                   "empty list would serve no models; remove the key to serve every model")
-
-
-def _timeouts_post(
-    ctx: _yp.Ctx, entries: _Entries, values: dict[str, Any], path: str, line: int | None
-) -> None:
-    first, total = values.get("first_token_sec"), values.get("total_sec")
-    if first is not None and total is not None and first > total:
-        ctx.report(entries["first_token_sec"].value_node, _yp.join(path, "first_token_sec"),
-                   f"must not exceed total_sec ({total:g})")
+# Cross-field checks that build config objects (the others live in
+# _config_checks).
 
 
 def _default_gateway_key_file(ctx: _yp.Ctx, line: int | None) -> Path:
@@ -539,71 +324,16 @@ _GATEWAY_SCHEMA = _yp.Section(GatewayConfig, {
 
 _SCHEMAS: dict[str, _yp.Section] = {"node": _NODE_SCHEMA, "gateway": _GATEWAY_SCHEMA}
 
-# Sections only one kind of file has; used to guess the kind when neither a
-# `node:` nor a `gateway:` section is present.
-_NODE_ONLY = {"node", "backend", "models", "heartbeat"}
-_GATEWAY_ONLY = {"gateway", "database", "registry", "routing"}
-
 
 # --------------------------------------------------------------------------
 # Whole-file checking
-
-
-def _detect_kind(keys: set[str]) -> ConfigKind | None:
-    if "node" in keys and "gateway" not in keys:
-        return "node"
-    if "gateway" in keys and "node" not in keys:
-        return "gateway"
-    if "node" in keys:  # both: ambiguous
-        return None
-    node_hint, gateway_hint = bool(keys & _NODE_ONLY), bool(keys & _GATEWAY_ONLY)
-    if node_hint != gateway_hint:
-        return "node" if node_hint else "gateway"
-    return None
 
 
 def _check(
     path: str | os.PathLike[str], kind: ConfigKind | None
 ) -> tuple[ConfigKind | None, list[Problem], Any]:
     """Check a file; return ``(kind, problems, config or None)``.  OSError propagates."""
-    if kind not in (None, "node", "gateway"):
-        raise ValueError(f"kind must be 'node', 'gateway' or None, not {kind!r}")
-    file = os.fspath(path)
-    data = Path(file).read_bytes()
-    ctx = _yp.Ctx(file, Path(os.path.abspath(file)).parent)
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        ctx.report(data[: exc.start].count(b"\n") + 1, "", "file is not valid UTF-8 text")
-        return kind, ctx.problems, None
-    try:
-        root = _yp.compose(text)
-    except _yp.YamlSyntaxError as exc:
-        ctx.report(exc.line, "", f"invalid YAML: {exc.message}")
-        return kind, ctx.problems, None
-    if root is None:
-        ctx.report(None, "", "file is empty")
-        return kind, ctx.problems, None
-    if not isinstance(root, yaml.MappingNode):
-        ctx.report(root, "", f"top level must be a mapping of sections, got {_yp.describe(root)}")
-        return kind, ctx.problems, None
-
-    if kind is None:
-        keys = {k.value for k, _ in root.value if isinstance(k, yaml.ScalarNode)}
-        kind = _detect_kind(keys)
-        if kind is None:
-            why = ("has both node: and gateway: sections; a file configures one or the other"
-                   if {"node", "gateway"} <= keys else
-                   "cannot tell whether this is a node or a gateway config; add a node: or gateway: section")
-            ctx.report(_yp.line_of(root), "", why)
-            return None, ctx.problems, None
-
-    schema = _SCHEMAS[kind]
-    values = _yp.check_section(ctx, root, "", None, schema)
-    problems = sorted(ctx.problems, key=lambda p: (p.line is not None, p.line or 0))
-    if problems:
-        return kind, problems, None
-    return kind, [], schema.cls(path=Path(os.path.abspath(file)), **values)
+    return _check_document(path, kind, _SCHEMAS)
 
 
 def check_file(
