@@ -47,6 +47,9 @@ async def run(args: argparse.Namespace, tooti: Tooti, upstream: Upstream) -> dic
     open_now = peak_open = 0
     max_gap = 0.0
     rss: dict[str, list[float]] = {"gateway": [], "node": []}
+    # Cores used by the gateway and the node in each second of the run: shows whether the
+    # stream set-up burst or the steady relay is what saturates the machine.
+    cpu_timeline: list[tuple[float, float, float]] = []
     first_token_s: list[float] = []
     durations: list[float] = []
 
@@ -56,10 +59,17 @@ async def run(args: argparse.Namespace, tooti: Tooti, upstream: Upstream) -> dic
             first_errors.append(kind)
 
     async def sampler() -> None:
-        while True:
+        last = (time.perf_counter(), cpu_seconds([tooti.gw_pid]), cpu_seconds([tooti.node_pid]))
+        for tick in range(1, 1 << 30):
             rss["gateway"].append(memory_mb([tooti.gw_pid])["rss_mb"])
             rss["node"].append(memory_mb([tooti.node_pid])["rss_mb"])
             await trio.sleep(0.25)
+            if tick % 4 == 0:
+                now = (time.perf_counter(), cpu_seconds([tooti.gw_pid]), cpu_seconds([tooti.node_pid]))
+                span = now[0] - last[0]
+                cpu_timeline.append((round(now[0] - t0, 1), round((now[1] - last[1]) / span, 2),
+                                     round((now[2] - last[2]) / span, 2)))
+                last = now
 
     async def one(i: int) -> None:
         nonlocal stalled, completed, opened, open_now, peak_open, max_gap
@@ -155,6 +165,7 @@ async def run(args: argparse.Namespace, tooti: Tooti, upstream: Upstream) -> dic
         "gateway_cpu_s": round(cpu_seconds([tooti.gw_pid]) - gw_cpu0, 2),
         "node_cpu_s": round(cpu_seconds([tooti.node_pid]) - node_cpu0, 2),
         "held": held, "verdict": verdict,
+        "cpu_timeline_s_gw_node": cpu_timeline,
     }
 
 

@@ -63,7 +63,7 @@ def test_every_model_reachable_from_both_gateways(net: dict) -> None:
     # namespace routing: red:fake is only ever served by red nodes, through either gateway
     red = {net["nodes"]["red1"].peer_id, net["nodes"]["red2"].peer_id}
     served = Counter(_ask(gw, "red:fake").headers["x-tooti-node"] for gw in net["gws"] for _ in range(20))
-    assert set(served) <= red and len(served) == 2  # both red nodes used, via both gateways
+    assert set(served) <= red and sum(served.values()) == 40
 
 
 def test_round_trip_times_are_measured(net: dict) -> None:
@@ -135,6 +135,7 @@ def test_sigkill_under_load_fails_nothing(net: dict) -> None:
         while sum(load.ok.values()) < before + 60:
             time.sleep(0.05)
     assert load.failures == [], load.failures[:5]
+    assert len(load.ok) >= 3, f"concurrent load was not spread over the nodes: {load.ok}"
     print(f"killed node evicted by both gateways in {noticed * 1000:.0f} ms")
     # restarted, it is routed to again
     restarted = _procs.start_node(net["tmp"], "blue1", gateways=[net["gws"][0]], backend=net["backend"],
@@ -170,5 +171,10 @@ def test_sigstop_is_evicted_within_ttl_and_sigcont_returns(net: dict) -> None:
         while frozen.peer_id not in _live(gw):
             assert time.monotonic() < deadline, "resumed node not routable again"
             time.sleep(0.05)
-    served = Counter(_ask(net["gws"][0], "red:fake").headers["x-tooti-node"] for _ in range(30))
-    assert frozen.peer_id in served
+    # Under concurrent load (sequential requests would all go to whichever node scores best)
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(12) as pool:
+        replies = list(pool.map(lambda _: _ask(net["gws"][0], "red:fake", tokens=10, delay_ms=50), range(36)))
+    served = Counter(r.headers["x-tooti-node"] for r in replies)
+    assert frozen.peer_id in served, httpx.get(net["gws"][0].http + "/v1/network/nodes", trust_env=False).text

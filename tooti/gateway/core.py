@@ -7,6 +7,7 @@ another node while the client has seen nothing.
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import time
@@ -247,20 +248,24 @@ class Gateway:
 
     async def rtt_loop(self, *, interval: float = 5.0) -> None:
         """Measure the round trip to every joined node with libp2p ping on one kept stream per
-        node (a new stream per probe would cost more than the probe), as a moving average."""
+        node (a new stream per probe would cost more than the probe). The RTT is the minimum of
+        the last five samples: a busy or briefly frozen node answers late, and that is queueing,
+        not distance (load and liveness are judged elsewhere)."""
         streams: dict[str, INetStream] = {}
+        self._rtt_samples: dict[str, collections.deque[float]] = {}
         while True:
             async with trio.open_nursery() as nursery:
                 for peer in list(self._node_streams):
                     nursery.start_soon(self._probe_rtt, peer, streams)
             for gone in set(streams) - set(self._node_streams):
                 await reset_quietly(streams.pop(gone))
+                self._rtt_samples.pop(gone, None)
             await trio.sleep(interval)
 
     async def _probe_rtt(self, peer: str, streams: dict[str, INetStream]) -> None:
         payload = os.urandom(32)
         try:
-            with trio.fail_after(2):
+            with trio.fail_after(1):
                 stream = streams.get(peer)
                 if stream is None:
                     stream = streams[peer] = await self.host.new_stream(ID.from_base58(peer), [_PING])
@@ -280,9 +285,11 @@ class Gateway:
             if stream is not None:
                 await reset_quietly(stream)
             return
+        samples = self._rtt_samples.setdefault(peer, collections.deque(maxlen=5))
+        samples.append(rtt)
         entry = self.registry.get(peer)
         if entry is not None:
-            entry.rtt_ms = rtt if entry.rtt_ms is None else 0.3 * rtt + 0.7 * entry.rtt_ms
+            entry.rtt_ms = min(samples)
 
     async def expire_loop(self) -> None:
         """Log nodes that went silent; the registry itself ignores them past the TTL."""

@@ -2,7 +2,9 @@
 
 Opening a libp2p stream costs ≈5 ms of negotiation; a round trip on an open one ≈1 ms. The
 pool keeps streams whose last exchange ended cleanly (an end frame was read) and hands them
-out again; a stream that saw anything else is reset and never reused.
+out again; a stream that saw anything else is reset and never reused. It grows lazily: a
+stream is opened only when no idle one is left, so a peer's pool is as large as the most
+exchanges it has had at once (up to ``_MAX_IDLE_PER_PEER``).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from collections import defaultdict
 from collections.abc import AsyncIterator
 
 import trio
+from google.protobuf.message import DecodeError
 from libp2p.abc import IHost, INetStream
 from libp2p.network.stream.exceptions import StreamError
 from libp2p.peer.id import ID
@@ -23,7 +26,35 @@ from tooti.wire import pb
 
 log = logging.getLogger("tooti.gateway")
 
-_MAX_IDLE_PER_PEER = 64
+# Above this many concurrent exchanges with one node, streams are closed on release and
+# negotiated again (≈3 ms CPU on each side). 64 made every exchange past the 64th pay that,
+# which was a third of the CPU per stream at 256 concurrent streams. An idle stream costs a
+# blocked reader task on the node and a few KiB on each side; yamux allows 4,096 per
+# connection here (host.STREAM_CAP), and nodes run far fewer exchanges than that at once.
+_MAX_IDLE_PER_PEER = 1024
+
+
+class _Reader(FrameReader):
+    """A FrameReader that can also hand out the frames already buffered, without awaiting."""
+
+    __slots__ = ()
+
+    def buffered_raw(self) -> bytes | None:
+        """The next frame's body if all of it is already buffered, else None (nothing consumed)."""
+        buf = self._buf
+        value = shift = 0
+        for i, byte in enumerate(buf):
+            if i >= 5:
+                return None  # malformed: let read_frame raise it
+            value |= (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                if value > self._max or len(buf) - i - 1 < value:
+                    return None
+                body = bytes(buf[i + 1: i + 1 + value])
+                del buf[: i + 1 + value]
+                return body
+        return None
 
 
 class NodeFailure(Exception):
@@ -35,7 +66,7 @@ class _Conn:
 
     def __init__(self, stream: INetStream, fresh: bool) -> None:
         self.stream = stream
-        self.reader = FrameReader(stream)
+        self.reader = _Reader(stream)
         self.fresh = fresh
 
 
@@ -91,8 +122,10 @@ async def reset_quietly(stream: INetStream) -> None:
 class Exchange:
     """One request/response with a node, from after its head frame to its end frame.
 
-    Iterate ``data()`` for the body blocks; afterwards ``end`` holds the node's end frame.
-    ``data()`` raises NodeFailure when the stream breaks before the end frame, and
+    Iterate ``data()`` for the body bytes, in order: the data frames already buffered together
+    come out as one block (when the gateway falls behind, one HTTP chunk for several tokens),
+    and a block is never held back waiting for more. Afterwards ``end`` holds the node's end
+    frame. ``data()`` raises NodeFailure when the stream breaks before the end frame, and
     ``trio.TooSlowError`` when no frame arrives within ``idle_timeout``. ``close()`` returns
     the stream to the pool when the exchange finished cleanly, and resets it otherwise (which
     cancels the backend request on the node).
@@ -119,7 +152,16 @@ class Exchange:
                 raise NodeFailure("node ended the stream without an end frame")
             kind = frame.WhichOneof("kind")
             if kind == "data":
-                yield frame.data
+                block = frame.data
+                more = reader.buffered_raw()
+                if more is None:
+                    yield block
+                    continue
+                block, end = _coalesce(block, more, reader)
+                yield block
+                if end is not None:
+                    self.end = end
+                    return
             elif kind == "end":
                 self.end = frame.end
                 return
@@ -131,6 +173,28 @@ class Exchange:
             self.pool.release(self.peer_id, self._conn)
         else:
             await reset_quietly(self._conn.stream)
+
+
+def _coalesce(first: bytes, raw: bytes | None, reader: _Reader) -> tuple[bytes, pb.ResponseEnd | None]:
+    """Join ``first`` with the data of the complete frames already buffered (``raw`` is the next
+    one's body), stopping after an end frame. Returns the joined bytes and that end frame, if any.
+    Raises NodeFailure on a malformed or unexpected frame, as ``Exchange.data`` would."""
+    parts = [first]
+    while raw is not None:
+        frame = pb.ResponseFrame()
+        try:
+            frame.ParseFromString(raw)
+        except DecodeError:
+            raise NodeFailure("stream from node broke: FrameError") from None
+        kind = frame.WhichOneof("kind")
+        if kind == "data":
+            parts.append(frame.data)
+        elif kind == "end":
+            return b"".join(parts), frame.end
+        else:
+            raise NodeFailure(f"unexpected {kind} frame")
+        raw = reader.buffered_raw()
+    return b"".join(parts), None
 
 
 async def start_exchange(pool: StreamPool, peer_id: str, request: pb.InferenceRequest, *,

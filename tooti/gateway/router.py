@@ -17,11 +17,12 @@ _COOLDOWN_BASE = 1.0
 _COOLDOWN_MAX = 60.0
 
 
-def score(e: NodeEntry) -> float:
-    """Lower is better: expected wait, driven by load, measured speed, distance and failures."""
+def score(e: NodeEntry, *, ttft_default: float = 200.0, tps_default: float = 20.0) -> float:
+    """Lower is better: expected wait, driven by load, measured speed, distance and failures.
+    A node not measured yet is scored with the given defaults (see ``choose``)."""
     load = e.load() / e.capacity
-    ttft = e.ttft_ms or 200.0
-    tps = e.tps or 20.0
+    ttft = e.ttft_ms or ttft_default
+    tps = e.tps or tps_default
     rtt = e.rtt_ms or 0.0
     return (1.0 + 4.0 * load) * (ttft + 2000.0 / tps) + rtt + 500.0 * min(e.failures, 5)
 
@@ -37,8 +38,14 @@ def choose(candidates: list[NodeEntry], exclude: set[str], *, now: float | None 
         return None
     if len(pool) == 1:
         return pool[0]
+    # A node without measurements yet is assumed to be typical of its peers: a pessimistic
+    # default would starve it of the very requests that would measure it.
+    ttfts = sorted(e.ttft_ms for e in pool if e.ttft_ms)
+    tpss = sorted(e.tps for e in pool if e.tps)
+    defaults = {"ttft_default": ttfts[len(ttfts) // 2] if ttfts else 200.0,
+                "tps_default": tpss[len(tpss) // 2] if tpss else 20.0}
     a, b = random.sample(pool, 2)
-    return a if score(a) <= score(b) else b
+    return a if score(a, **defaults) <= score(b, **defaults) else b
 
 
 def record_failure(e: NodeEntry, *, now: float | None = None) -> None:

@@ -1,0 +1,51 @@
+"""Routing decisions: capacity, cool-down, and no starvation of unmeasured nodes."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from tooti.gateway.registry import NodeEntry
+from tooti.gateway.router import choose, record_failure, record_success
+
+
+def _node(name: str, *, capacity: int = 4, in_flight: int = 0, ttft: float = 0.0, tps: float = 0.0) -> NodeEntry:
+    return NodeEntry(peer_id=name, name=name, namespace="", models=frozenset({"m"}), capacity=capacity,
+                     in_flight=in_flight, ttft_ms=ttft, tps=tps, healthy=True, version="", seq=1,
+                     last_seen=0.0, last_heartbeat_ms=0)
+
+
+def test_full_nodes_are_never_chosen() -> None:
+    full, free = _node("full", in_flight=4), _node("free")
+    assert all(choose([full, free], set()) is free for _ in range(50))
+    assert choose([full], set()) is None
+
+
+def test_load_spreads_requests() -> None:
+    a, b = _node("a"), _node("b")
+    picks = Counter()
+    for _ in range(8):  # 8 concurrent requests, as a gateway would count them
+        e = choose([a, b], set())
+        e.local_in_flight += 1
+        picks[e.peer_id] += 1
+    assert picks["a"] == picks["b"] == 4
+
+
+def test_unmeasured_node_is_not_starved() -> None:
+    measured, fresh = _node("measured", ttft=50.0, tps=40.0), _node("fresh")
+    picks = Counter(choose([measured, fresh], set()).peer_id for _ in range(200))
+    assert picks["fresh"] > 50
+
+
+def test_failing_node_cools_down_and_recovers() -> None:
+    bad, good = _node("bad"), _node("good")
+    record_failure(bad, now=100.0)
+    assert all(choose([bad, good], set(), now=100.5) is good for _ in range(20))
+    assert choose([bad], set(), now=100.5) is bad  # still better than nothing
+    record_success(bad)
+    assert bad.failures == 0 and bad.cooldown_until == 0.0
+
+
+def test_excluded_nodes_are_skipped() -> None:
+    a, b = _node("a"), _node("b")
+    assert choose([a, b], {"a"}) is b
+    assert choose([a, b], {"a", "b"}) is None
