@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -55,3 +56,32 @@ def test_tooti_up_serves_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
     finally:
         if proc.popen.poll() is None:
             proc.kill()
+
+
+def test_deadlines_give_504_and_a_terminated_stream(tmp_path: Path) -> None:
+    up, url = _procs.start_backend("tests.standins.openai_upstream", tmp_path / "up.log", "--model", "slow")
+    gw = _procs.start_gateway(tmp_path, auth="open", extra={"timeouts": {"first_token_sec": 1, "total_sec": 5}})
+    node = _procs.start_node(tmp_path, "n", gateways=[gw], backend={"type": "openai", "base_url": url})
+    try:
+        wait_for_models(gw.base_url, {"slow"})
+        body = {"model": "slow", "messages": [{"role": "user", "content": "x"}], "x_fake": {"ttft_ms": 3000}}
+        r = httpx.post(gw.base_url + "/chat/completions", json=body, trust_env=False, timeout=30)
+        assert r.status_code == 504 and r.json()["error"]["code"] == "timeout"
+        events = []
+        with httpx.stream("POST", gw.base_url + "/chat/completions", json={**body, "stream": True},
+                          trust_env=False, timeout=30) as s:
+            for line in s.iter_lines():
+                if line.startswith("data: "):
+                    events.append(line[6:])
+        assert events[-1] == "[DONE]" and '"code": "timeout"' in events[-2]
+        # the backend request behind the timed-out stream was cancelled, not left running
+        deadline = time.monotonic() + 5
+        while httpx.get(url + "/_stats", trust_env=False).json()["active"]:
+            assert time.monotonic() < deadline, "backend request still running after the timeout"
+            time.sleep(0.05)
+        ok = httpx.post(gw.base_url + "/chat/completions", trust_env=False, timeout=30,
+                        json={"model": "slow", "messages": [{"role": "user", "content": "x"}]})
+        assert ok.status_code == 200
+    finally:
+        for p in (node.proc, gw.proc, up):
+            p.stop()
