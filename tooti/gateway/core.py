@@ -192,12 +192,10 @@ class Gateway:
             peer = addr.rsplit("/p2p/", 1)[-1]
             if "/p2p/" not in addr or peer == self.peer_id:
                 continue
-            if self.other_gateways.get(peer) != addr:
-                # One address per gateway is enough; the first heard stays unless replaced.
-                if peer not in self.other_gateways:
-                    new = True
-                    log.info("learned of gateway %s at %s", peer, addr)
-                    self.other_gateways[peer] = addr
+            if peer not in self.other_gateways:  # one address per gateway: the first heard
+                new = True
+                log.info("learned of gateway %s at %s", peer, addr)
+                self.other_gateways[peer] = addr
         if new:
             update = encode(pb.GatewayControl(welcome=pb.Welcome(
                 accepted=True, gateway_peer_id=self.host.get_id().to_bytes(),

@@ -14,7 +14,7 @@ from multiaddr import Multiaddr
 from tooti.config import GatewayConfig
 from tooti.p2p import protocols
 from tooti.p2p.discovery import Discovery
-from tooti.p2p.host import build_host, guarded
+from tooti.p2p.host import build_host, dialable, guarded
 from tooti.p2p.identity import load_or_create
 
 from .app import Accounts, create_app
@@ -62,7 +62,7 @@ async def run_gateway(
     hc.keep_alive_timeout = 75
     async with host.run(listen_addrs=[Multiaddr(a) for a in cfg.network.listen]):
         try:
-            p2p = _dialable(cfg.network.announce or [str(a) for a in host.get_addrs()], gw.peer_id)
+            p2p = dialable(list(cfg.network.announce) or [str(a) for a in host.get_addrs()], gw.peer_id)
             gw.addrs = p2p
             async with trio.open_nursery() as nursery:
                 await nursery.start(discovery.run)
@@ -95,17 +95,6 @@ async def _announce_loop(discovery: Discovery, gw: Gateway, *, interval: float =
             except Exception as exc:  # noqa: BLE001 - nobody subscribed yet; try again later
                 log.debug("gateway announcement not sent: %s", exc)
         await trio.sleep(interval)
-
-
-def _dialable(addrs: list[str], peer_id: str) -> list[str]:
-    """Addresses other peers can dial, each ending in /p2p/<our id>; wildcards are useless to
-    them (set network.announce for a gateway behind a load balancer or NAT)."""
-    out = []
-    for a in addrs:
-        if "/ip4/0.0.0.0/" in a or "/ip6/::/" in a:
-            continue
-        out.append(a if "/p2p/" in a else f"{a}/p2p/{peer_id}")
-    return out
 
 
 async def _serve(app, hc: HypercornConfig, *, task_status=trio.TASK_STATUS_IGNORED) -> None:  # type: ignore[no-untyped-def]

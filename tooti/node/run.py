@@ -15,7 +15,7 @@ from multiaddr import Multiaddr
 from tooti.config import NodeConfig
 from tooti.p2p import protocols
 from tooti.p2p.discovery import Discovery
-from tooti.p2p.host import build_host, guarded
+from tooti.p2p.host import build_host, dialable, guarded
 from tooti.p2p.identity import load_or_create
 
 from .agent import NodeAgent
@@ -29,10 +29,9 @@ log = logging.getLogger("tooti.node")
 async def _gateway_addrs(discovery: Discovery) -> list[str]:
     out = []
     for info in await discovery.find_gateways():
-        addrs = [str(a) for a in info.addrs if "/ip4/0.0.0.0/" not in str(a)]
+        addrs = dialable([str(a) for a in info.addrs], str(info.peer_id))
         if addrs:
-            a = addrs[0]
-            out.append(a if "/p2p/" in a else f"{a}/p2p/{info.peer_id}")
+            out.append(addrs[0])  # one address is enough to join
     return out
 
 

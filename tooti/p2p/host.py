@@ -88,6 +88,17 @@ def disable_auto_connector(host: IHost) -> None:
     connector.start = _stay_off
 
 
+def dialable(addrs: list[str], peer_id: str) -> list[str]:
+    """The addresses other peers can dial, each ending in /p2p/<peer id>. Wildcard listen
+    addresses are dropped: they mean nothing to another host."""
+    out = []
+    for a in addrs:
+        if "/ip4/0.0.0.0/" in a or "/ip6/::/" in a:
+            continue
+        out.append(a if "/p2p/" in a else f"{a}/p2p/{peer_id}")
+    return out
+
+
 def peer_of(stream: INetStream) -> ID:
     """The Noise-verified peer at the other end of ``stream``."""
     return stream.muxed_conn.peer_id

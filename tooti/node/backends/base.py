@@ -72,6 +72,11 @@ class Reply:
     usage: Usage | None = None
 
 
+async def single(raw: bytes) -> AsyncIterator[bytes]:
+    """``Reply.blocks`` for a body that is already whole (JSON answers and errors)."""
+    yield raw
+
+
 class Backend(abc.ABC):
     """A local inference server the node relays to. One instance per node process."""
 

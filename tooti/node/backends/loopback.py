@@ -18,7 +18,7 @@ from typing import Any
 import trio
 
 from ._sse import error_body, sse
-from .base import Backend, Reply, Request, Usage
+from .base import Backend, Reply, Request, Usage, single
 
 MODEL = "loopback"
 
@@ -41,7 +41,7 @@ class LoopbackBackend(Backend):
             return
         prompt = _prompt_text(request)
         if prompt is None:
-            yield Reply(400, "application/json", _one(error_body(
+            yield Reply(400, "application/json", single(error_body(
                 "loopback needs 'messages' (chat) or 'prompt' (completions)", type_="invalid_request_error")))
             return
         words = prompt.split() or [""]
@@ -53,7 +53,7 @@ class LoopbackBackend(Backend):
         if request.stream:
             yield Reply(200, "text/event-stream", _stream(request, model, words, finish, usage), usage)
         else:
-            yield Reply(200, "application/json", _one(_whole(request, model, " ".join(words), finish, usage)), usage)
+            yield Reply(200, "application/json", single(_whole(request, model, " ".join(words), finish, usage)), usage)
 
 
 def _prompt_text(request: Request) -> str | None:
@@ -130,7 +130,7 @@ def _embeddings(body: dict[str, Any], model: str) -> Reply:
     if isinstance(inputs, str):
         inputs = [inputs]
     if not isinstance(inputs, list) or not inputs:
-        return Reply(400, "application/json", _one(error_body("'input' must be a string or a list",
+        return Reply(400, "application/json", single(error_body("'input' must be a string or a list",
                                                                 type_="invalid_request_error")))
     data = []
     tokens = 0
@@ -143,8 +143,5 @@ def _embeddings(body: dict[str, Any], model: str) -> Reply:
     usage = Usage(tokens, 0, tokens)
     obj = {"object": "list", "data": data, "model": model,
            "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
-    return Reply(200, "application/json", _one(json.dumps(obj).encode()), usage)
+    return Reply(200, "application/json", single(json.dumps(obj).encode()), usage)
 
-
-async def _one(raw: bytes) -> AsyncIterator[bytes]:
-    yield raw

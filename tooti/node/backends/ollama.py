@@ -41,7 +41,7 @@ import trio
 
 from ._ollama_reply import _dumps, _error_document, _ollama_error, _StreamTranslator
 from ._ollama_request import _BadRequest, _encode, _Plan, _plan
-from .base import Backend, BackendError, Reply, Request
+from .base import Backend, BackendError, Reply, Request, single
 
 __all__ = ["OllamaBackend"]
 
@@ -105,7 +105,7 @@ class OllamaBackend(Backend):
         else:
             bad = None
         if bad is not None:
-            yield Reply(400, _JSON, _once(_error_document(400, str(bad), param=bad.param)))
+            yield Reply(400, _JSON, single(_error_document(400, str(bad), param=bad.param)))
             return
 
         headers = {"Content-Type": _JSON, **self._headers}
@@ -139,7 +139,7 @@ class _Exchange:
             body = await self._read_all(plan.path)
             message = _ollama_error(body) or f"ollama answered {response.status_code}"
             status = response.status_code
-            return Reply(status, _JSON, _once(_error_document(status, message)))
+            return Reply(status, _JSON, single(_error_document(status, message)))
         if not plan.stream or plan.stream_translator is None:
             body = await self._read_all(plan.path)
             try:
@@ -149,7 +149,7 @@ class _Exchange:
             if not isinstance(obj, dict) or "error" in obj:
                 raise BackendError(f"ollama {plan.path}: {_ollama_error(body) or 'unexpected answer'}")
             document, usage = plan.convert(obj)
-            return Reply(200, _JSON, _once(_dumps(document)), usage)
+            return Reply(200, _JSON, single(_dumps(document)), usage)
 
         # Wait for the first line before replying, so that a backend failing before its first
         # token surfaces as BackendError while the node can still try another peer.
@@ -260,6 +260,3 @@ def _backend_error(message: str, exc: httpx.HTTPError) -> BackendError:
         return BackendError(f"{message}: timed out ({type(exc).__name__})", status=504, code="backend_timeout")
     return BackendError(f"{message}: {exc!r}")
 
-
-async def _once(data: bytes) -> AsyncIterator[bytes]:
-    yield data

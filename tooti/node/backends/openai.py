@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 
 from ._sse import DONE, EventSplitter, error_body, inspect_event, usage_from
-from .base import Backend, BackendError, Reply, Request
+from .base import Backend, BackendError, Reply, Request, single
 
 _PATHS = {"chat": "/v1/chat/completions", "completions": "/v1/completions", "embeddings": "/v1/embeddings"}
 
@@ -62,7 +62,7 @@ class OpenAIBackend(Backend):
             if response.status_code != 200:
                 yield await _error_reply(response)
             elif request.stream and response.headers.get("content-type", "").startswith("text/event-stream"):
-                reply = Reply(200, "text/event-stream", _one(b""))
+                reply = Reply(200, "text/event-stream", single(b""))
                 # The generator records usage on the reply it belongs to as it sees it.
                 reply.blocks = _stream_blocks(response, request, reply)
                 yield reply
@@ -90,7 +90,7 @@ async def _error_reply(response: httpx.Response) -> Reply:
             message = err
     except (ValueError, AttributeError):
         message = f"{message}: {raw.decode(errors='replace')[:300]}"
-    return Reply(response.status_code, "application/json", _one(error_body(message, type_=type_, code=code)))
+    return Reply(response.status_code, "application/json", single(error_body(message, type_=type_, code=code)))
 
 
 async def _whole_reply(response: httpx.Response, route: str) -> Reply:
@@ -105,7 +105,7 @@ async def _whole_reply(response: httpx.Response, route: str) -> Reply:
     usage = usage_from(obj) if isinstance(obj, dict) else None
     if route == "chat" and isinstance(obj, dict) and _complete_chat(obj):
         raw = json.dumps(obj, separators=(",", ":")).encode()
-    return Reply(200, "application/json", _one(raw), usage)
+    return Reply(200, "application/json", single(raw), usage)
 
 
 def _complete_chat(obj: dict[str, Any]) -> bool:
@@ -124,9 +124,6 @@ def _complete_chat(obj: dict[str, Any]) -> bool:
                 changed = True
     return changed
 
-
-async def _one(raw: bytes) -> AsyncIterator[bytes]:
-    yield raw
 
 
 async def _stream_blocks(response: httpx.Response, request: Request, reply: Reply) -> AsyncIterator[bytes]:
