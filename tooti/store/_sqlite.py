@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
@@ -84,17 +85,25 @@ class SQLiteBackend(Backend):
             )
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"cannot open SQLite database {self._path!r}: {exc}") from exc
-        try:
-            conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
-            if self._path != ":memory:":
-                conn.execute("PRAGMA journal_mode = WAL")
-                # NORMAL is durable across application crashes in WAL mode,
-                # and avoids an fsync per usage batch.
-                conn.execute("PRAGMA synchronous = NORMAL")
-        except sqlite3.Error as exc:
-            conn.close()
-            raise StoreUnavailable(f"cannot set up SQLite database {self._path!r}: {exc}") from exc
-        return conn
+        # Two processes opening a new database at once can both try to switch it to WAL;
+        # SQLite answers the loser "database is locked" at once, without its busy handler,
+        # so that one step is retried here for up to the busy timeout.
+        deadline = time.monotonic() + self._busy_timeout
+        while True:
+            try:
+                conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
+                if self._path != ":memory:":
+                    conn.execute("PRAGMA journal_mode = WAL")
+                    # NORMAL is durable across application crashes in WAL mode,
+                    # and avoids an fsync per usage batch.
+                    conn.execute("PRAGMA synchronous = NORMAL")
+                return conn
+            except sqlite3.Error as exc:
+                if "locked" in str(exc) and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                    continue
+                conn.close()
+                raise StoreUnavailable(f"cannot set up SQLite database {self._path!r}: {exc}") from exc
 
     def _acquire(self) -> sqlite3.Connection:
         self._slots.acquire()
