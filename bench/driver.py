@@ -18,6 +18,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+
 import trio
 
 TOKEN = b'"tok'
@@ -64,7 +65,7 @@ class Conn:
             with trio.CancelScope(shield=True):
                 try:
                     await sock.aclose()
-                except Exception:  # noqa: BLE001
+                except Exception:
                     pass
 
     async def _fill(self, early: bool) -> None:
@@ -77,8 +78,9 @@ class Conn:
             raise ConnectionLost("server closed the connection", early)
         self.buf += data
 
-    async def request(self, raw: bytes, *, stream: bool = False,
-                      progress: Callable[[int, float], None] | None = None) -> Result:
+    async def request(
+        self, raw: bytes, *, stream: bool = False, progress: Callable[[int, float], None] | None = None
+    ) -> Result:
         """Send a prepared request and read the whole response.
 
         For a stream the body is scanned for tokens (``progress(new_tokens, when)`` is called as
@@ -159,7 +161,7 @@ class Conn:
                 while len(buf) < need:
                     await self._fill(early=False)
                     buf = self.buf
-                feed(bytes(buf[nl + 2: nl + 2 + size]))
+                feed(bytes(buf[nl + 2 : nl + 2 + size]))
                 del buf[:need]
         elif length >= 0:
             while len(buf) < length:
@@ -190,9 +192,13 @@ class Conn:
         return Result(status, started, first, finished, tokens, body, done)
 
 
-def build_request(host: str, port: int, path: str, body: bytes, extra_headers: dict[str, str] | None = None) -> bytes:
-    head = (f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
-            f"Accept: */*\r\nContent-Length: {len(body)}\r\n")
+def build_request(
+    host: str, port: int, path: str, body: bytes, extra_headers: dict[str, str] | None = None
+) -> bytes:
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+        f"Accept: */*\r\nContent-Length: {len(body)}\r\n"
+    )
     for k, v in (extra_headers or {}).items():
         head += f"{k}: {v}\r\n"
     return head.encode() + b"\r\n" + body

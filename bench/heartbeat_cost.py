@@ -91,8 +91,18 @@ def main() -> None:
         results["idle_cores"] = idle
         print(f"idle gateway: {idle * 100:.1f}% of a core")
         for n in args.nodes:
-            sim = _procs.Proc([sys.executable, "-m", "bench.heartbeat_cost", "--simulate", str(n), gw.p2p,
-                               str(args.seconds * 3 + 120)], log=tmp / f"sim{n}.log")
+            sim = _procs.Proc(
+                [
+                    sys.executable,
+                    "-m",
+                    "bench.heartbeat_cost",
+                    "--simulate",
+                    str(n),
+                    gw.p2p,
+                    str(args.seconds * 3 + 120),
+                ],
+                log=tmp / f"sim{n}.log",
+            )
             sim.wait_line("ready", timeout=300)
             deadline = time.monotonic() + 60
             while len(httpx.get(gw.http + "/v1/network/nodes", trust_env=False).json()["data"]) < n:
@@ -101,10 +111,16 @@ def main() -> None:
             time.sleep(3)  # let the gossip mesh settle
             cores, beats = _measure(gw, args.seconds)
             per_hb = (cores - idle) * args.seconds / beats * 1000 if beats else float("nan")
-            results[str(n)] = {"gateway_cores": cores, "heartbeats_per_s": beats / args.seconds,
-                               "cpu_ms_per_heartbeat": per_hb, "gateway_rss_mib": _rss_mib(gw.proc.popen.pid)}
-            print(f"{n:4} nodes: gateway {cores * 100:5.1f}% of a core, {beats / args.seconds:6.1f} heartbeats/s, "
-                  f"{per_hb:.2f} CPU-ms per heartbeat (idle subtracted), RSS {_rss_mib(gw.proc.popen.pid):.0f} MiB")
+            results[str(n)] = {
+                "gateway_cores": cores,
+                "heartbeats_per_s": beats / args.seconds,
+                "cpu_ms_per_heartbeat": per_hb,
+                "gateway_rss_mib": _rss_mib(gw.proc.popen.pid),
+            }
+            print(
+                f"{n:4} nodes: gateway {cores * 100:5.1f}% of a core, {beats / args.seconds:6.1f} heartbeats/s, "
+                f"{per_hb:.2f} CPU-ms per heartbeat (idle subtracted), RSS {_rss_mib(gw.proc.popen.pid):.0f} MiB"
+            )
             sim.stop()
             deadline = time.monotonic() + 30
             while httpx.get(gw.http + "/v1/network/nodes", trust_env=False).json()["data"]:

@@ -20,8 +20,12 @@ import httpx
 
 from tests import _procs
 
-BODY = {"messages": [{"role": "user", "content": "Write one short sentence about the sea."}],
-        "max_tokens": 16, "temperature": 0, "seed": 1}
+BODY = {
+    "messages": [{"role": "user", "content": "Write one short sentence about the sea."}],
+    "max_tokens": 16,
+    "temperature": 0,
+    "seed": 1,
+}
 
 
 def _ttft(client: httpx.Client, url: str, model: str) -> float:
@@ -50,7 +54,9 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=30)
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="tooti-llama-bench-"))
-    llama, url = _procs.start_backend("tooti.llamacpp", tmp / "llama.log", "--threads", "1", "--parallel", "2")
+    llama, url = _procs.start_backend(
+        "tooti.llamacpp", tmp / "llama.log", "--threads", "1", "--parallel", "2"
+    )
     gw = _procs.start_gateway(tmp, auth="open")
     node = _procs.start_node(tmp, "n", gateways=[gw], backend={"type": "openai", "base_url": url})
     targets = {"direct": url + "/v1/chat/completions", "tooti": gw.base_url + "/chat/completions"}
@@ -67,16 +73,27 @@ def main() -> None:
     finally:
         for p in (node.proc, gw.proc, llama):
             p.stop()
-    out = {t: {k: {"p50_ms": _pct(v, 0.5), "p90_ms": _pct(v, 0.9), "mean_ms": statistics.mean(v) * 1000}
-               for k, v in m.items()} for t, m in res.items()}
-    out["added"] = {k: {"p50_ms": out["tooti"][k]["p50_ms"] - out["direct"][k]["p50_ms"]} for k in ("ttft", "total")}
+    out = {
+        t: {
+            k: {"p50_ms": _pct(v, 0.5), "p90_ms": _pct(v, 0.9), "mean_ms": statistics.mean(v) * 1000}
+            for k, v in m.items()
+        }
+        for t, m in res.items()
+    }
+    out["added"] = {
+        k: {"p50_ms": out["tooti"][k]["p50_ms"] - out["direct"][k]["p50_ms"]} for k in ("ttft", "total")
+    }
     Path("bench/results").mkdir(parents=True, exist_ok=True)
     Path("bench/results/llama-overhead.json").write_text(json.dumps(out, indent=2))
-    print(f"{'':8} {'TTFT p50':>10} {'TTFT p90':>10} {'total p50':>10} {'total p90':>10}  (ms, {args.rounds} rounds)")
+    print(
+        f"{'':8} {'TTFT p50':>10} {'TTFT p90':>10} {'total p50':>10} {'total p90':>10}  (ms, {args.rounds} rounds)"
+    )
     for t in targets:
         o = out[t]
-        print(f"{t:8} {o['ttft']['p50_ms']:10.1f} {o['ttft']['p90_ms']:10.1f} {o['total']['p50_ms']:10.1f} "
-              f"{o['total']['p90_ms']:10.1f}")
+        print(
+            f"{t:8} {o['ttft']['p50_ms']:10.1f} {o['ttft']['p90_ms']:10.1f} {o['total']['p50_ms']:10.1f} "
+            f"{o['total']['p90_ms']:10.1f}"
+        )
     print(f"added    {out['added']['ttft']['p50_ms']:10.1f} {'':10} {out['added']['total']['p50_ms']:10.1f}")
 
 

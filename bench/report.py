@@ -26,12 +26,20 @@ def _package(path: str) -> str:
         return "python (frozen)"
     parts = path.split("/")
     if "site-packages" in parts:
-        parts = parts[parts.index("site-packages") + 1:]
+        parts = parts[parts.index("site-packages") + 1 :]
     head = parts[0]
     if head.endswith(".py"):
         head = head[:-3]
     if head == "libp2p" and len(parts) > 2:
-        return "libp2p/" + parts[1] + ("/" + parts[2] if parts[1] in ("stream_muxer", "security") and not parts[2].endswith(".py") else "")
+        return (
+            "libp2p/"
+            + parts[1]
+            + (
+                "/" + parts[2]
+                if parts[1] in ("stream_muxer", "security") and not parts[2].endswith(".py")
+                else ""
+            )
+        )
     if head == "tooti" and len(parts) > 1:
         return "tooti/" + parts[1].removesuffix(".py")
     return head
@@ -73,7 +81,7 @@ def top_table(collapsed: Path, out: Path, n: int = 30) -> dict[str, Any]:
         lines = [title, "-" * len(title)]
         for name, c in counter.most_common(k):
             lines.append(f"{100 * c / total:6.1f}%  {name}")
-        return lines + [""]
+        return [*lines, ""]
 
     text = [f"py-spy samples (non-idle): {total}", ""]
     text += table(self_pkg, "self time by package (leaf frame)", 20)
@@ -112,14 +120,26 @@ def rows(out: dict[str, Any]) -> list[tuple[str, list[str]]]:
     def added(key: str, nd: int = 2) -> list[str]:
         return ["–"] + [_f(a.get(n, {}).get(key), nd) for n in names[1:]]
 
-    cpu_ms = ["–", f"gw {_f(f['tooti'].get('gateway_cpu_ms_per_req'))} + node {_f(f['tooti'].get('node_cpu_ms_per_req'))}"]
+    cpu_ms = [
+        "–",
+        f"gw {_f(f['tooti'].get('gateway_cpu_ms_per_req'))} + node {_f(f['tooti'].get('node_cpu_ms_per_req'))}",
+    ]
     if "litellm" in names:
         cpu_ms.append(_f(f["litellm"].get("litellm_cpu_ms_per_req")))
-    cpu_s = ["–", f"gw {_f(f['tooti'].get('gateway_cpu_ms_per_stream_64'))} + node {_f(f['tooti'].get('node_cpu_ms_per_stream_64'))}"]
+    cpu_s = [
+        "–",
+        f"gw {_f(f['tooti'].get('gateway_cpu_ms_per_stream_64'))} + node {_f(f['tooti'].get('node_cpu_ms_per_stream_64'))}",
+    ]
     if "litellm" in names:
         cpu_s.append(_f(f["litellm"].get("litellm_cpu_ms_per_stream_64")))
-    rss = ["–", f"gw {_f(mem.get('gateway', {}).get('rss_mb'), 1)} / node {_f(mem.get('node', {}).get('rss_mb'), 1)}"]
-    peak = ["–", f"gw {_f(mem.get('gateway', {}).get('peak_rss_mb'), 1)} / node {_f(mem.get('node', {}).get('peak_rss_mb'), 1)}"]
+    rss = [
+        "–",
+        f"gw {_f(mem.get('gateway', {}).get('rss_mb'), 1)} / node {_f(mem.get('node', {}).get('rss_mb'), 1)}",
+    ]
+    peak = [
+        "–",
+        f"gw {_f(mem.get('gateway', {}).get('peak_rss_mb'), 1)} / node {_f(mem.get('node', {}).get('peak_rss_mb'), 1)}",
+    ]
     if "litellm" in names:
         rss.append(_f(mem.get("litellm", {}).get("rss_mb"), 1))
         peak.append(_f(mem.get("litellm", {}).get("peak_rss_mb"), 1))
@@ -150,7 +170,10 @@ def rows(out: dict[str, Any]) -> list[tuple[str, list[str]]]:
 
 
 def markdown_table(out: dict[str, Any]) -> str:
-    lines = ["| figure | direct (fake upstream) | tooti (gateway + node) | LiteLLM proxy |", "| --- | ---: | ---: | ---: |"]
+    lines = [
+        "| figure | direct (fake upstream) | tooti (gateway + node) | LiteLLM proxy |",
+        "| --- | ---: | ---: | ---: |",
+    ]
     for label, vals in rows(out):
         lbl = label.replace("  added", "&nbsp;&nbsp;↳ added").replace("  latency", "&nbsp;&nbsp;↳ latency")
         lines.append(f"| {lbl} | " + " | ".join(vals) + " |")
@@ -176,8 +199,12 @@ def console(out: dict[str, Any]) -> str:
 def chart(out: dict[str, Any], png: Path) -> str | None:
     """Draw the chart with matplotlib from the bench venv (a bench-only dependency)."""
     data = json.dumps({"summary": out["summary"], "mode": out["mode"], "started": out["started"]})
-    proc = subprocess.run([str(VENV / "bin" / "python"), str(BENCH / "chart.py"), str(png)], input=data,
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [str(VENV / "bin" / "python"), str(BENCH / "chart.py"), str(png)],
+        input=data,
+        capture_output=True,
+        text=True,
+    )
     return None if proc.returncode == 0 else proc.stderr[-500:]
 
 
@@ -186,7 +213,8 @@ def generated(out: dict[str, Any], result_path: Path) -> str:
     s = out["summary"]
     goals = "\n".join(
         f"| {g['goal']} | {g['measured']} | {({True: '**met**', False: '**not met**', None: 'n/a'})[g['met']]} |"
-        for g in out.get("goals", []))
+        for g in out.get("goals", [])
+    )
     errs = {n: e for n, e in s["errors"].items() if e}
     ratios = ", ".join(f"{k} = {v}" for k, v in s["ratios"].items())
     up = out.get("upstream_stats", {})
@@ -199,20 +227,22 @@ def generated(out: dict[str, Any], result_path: Path) -> str:
     scale = out.get("scale")
     scale_md = "_no scale run recorded (run `python -m bench.scale`)_"
     if scale:
-        scale_md = (f"{scale['streams']} streams of {scale['tokens']} tokens every {scale['delay_ms']} ms "
-                    f"(~{scale['stream_seconds']:.0f} s each) through one gateway + one node: "
-                    f"**{scale['verdict']}**; completed {scale['completed']}, errors {scale['errors']}, "
-                    f"stalls (> {scale['stall_s']} s without a token) {scale['stalled']}, "
-                    f"max gap between tokens {scale['max_gap_s']} s, all open at once: {scale['peak_open']}; "
-                    f"gateway RSS peak {scale['gateway_peak_rss_mb']} MiB (idle {scale['gateway_rss_before_mb']} MiB), "
-                    f"node RSS peak {scale['node_peak_rss_mb']} MiB. Error kinds: "
-                    f"{json.dumps(scale.get('error_kinds') or {})}.")
+        scale_md = (
+            f"{scale['streams']} streams of {scale['tokens']} tokens every {scale['delay_ms']} ms "
+            f"(~{scale['stream_seconds']:.0f} s each) through one gateway + one node: "
+            f"**{scale['verdict']}**; completed {scale['completed']}, errors {scale['errors']}, "
+            f"stalls (> {scale['stall_s']} s without a token) {scale['stalled']}, "
+            f"max gap between tokens {scale['max_gap_s']} s, all open at once: {scale['peak_open']}; "
+            f"gateway RSS peak {scale['gateway_peak_rss_mb']} MiB (idle {scale['gateway_rss_before_mb']} MiB), "
+            f"node RSS peak {scale['node_peak_rss_mb']} MiB. Error kinds: "
+            f"{json.dumps(scale.get('error_kinds') or {})}."
+        )
     return f"""{BEGIN}
 
-_Run {out['started']} ({out['mode']}, {out['elapsed_s']} s), results in `bench/results/{result_path.name}`._
-Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, Linux {m['kernel']}, Python {m['python']};
-LiteLLM {out.get('litellm_version')} (one worker). CPU used by other processes on the machine during
-the run: {m.get('cpu_used_by_other_processes_during_run_cores')} cores on average (the machine is shared;
+_Run {out["started"]} ({out["mode"]}, {out["elapsed_s"]} s), results in `bench/results/{result_path.name}`._
+Machine: {m["cpu"]}, {m["cores"]} cores, {m["memory_gib"]} GiB, Linux {m["kernel"]}, Python {m["python"]};
+LiteLLM {out.get("litellm_version")} (one worker). CPU used by other processes on the machine during
+the run: {m.get("cpu_used_by_other_processes_during_run_cores")} cores on average (the machine is shared;
 see "Caveats").
 
 {markdown_table(out)}
@@ -221,10 +251,10 @@ see "Caveats").
 
 Ratios: {ratios}.
 
-Upstream totals: {up.get('requests')} requests, {up.get('tokens_sent')} tokens sent,
-{up.get('cpu_seconds')} CPU seconds.
+Upstream totals: {up.get("requests")} requests, {up.get("tokens_sent")} tokens sent,
+{up.get("cpu_seconds")} CPU seconds.
 
-Errors: {json.dumps(errs) if errs else 'none'}.
+Errors: {json.dumps(errs) if errs else "none"}.
 
 ### Goals from the issue
 
@@ -238,7 +268,7 @@ Errors: {json.dumps(errs) if errs else 'none'}.
 
 ### Profile summary (generated)
 
-{chr(10).join(prof_lines) or '_no profile in this run_'}
+{chr(10).join(prof_lines) or "_no profile in this run_"}
 
 {END}"""
 

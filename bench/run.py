@@ -37,8 +37,18 @@ from typing import Any
 import trio
 
 from bench import driver, report
-from bench.targets import BENCH, VENV, LiteLLM, Tooti, Upstream, children, cpu_seconds, machine, memory_mb
-from bench.targets import LITELLM_VERSION
+from bench.targets import (
+    BENCH,
+    LITELLM_VERSION,
+    VENV,
+    LiteLLM,
+    Tooti,
+    Upstream,
+    children,
+    cpu_seconds,
+    machine,
+    memory_mb,
+)
 
 RESULTS = BENCH / "results"
 HOST = "127.0.0.1"
@@ -62,17 +72,44 @@ class Plan:
     profile_seconds: float = 8.0
 
 
-FULL = Plan(rounds_latency=8, per_round_latency=40, rounds_rps=4, rps_seconds=6.0,
-            rounds_ttft=8, per_round_ttft=30, rounds_chunk=5, per_round_chunk=4,
-            rounds_tps=3, tps_seconds=5.0, profile_seconds=10.0)
-QUICK = Plan(rounds_latency=4, per_round_latency=50, rounds_rps=2, rps_seconds=3.0,
-             rounds_ttft=4, per_round_ttft=25, rounds_chunk=2, per_round_chunk=2,
-             rounds_tps=1, tps_seconds=3.0, profile_seconds=4.0)
+FULL = Plan(
+    rounds_latency=8,
+    per_round_latency=40,
+    rounds_rps=4,
+    rps_seconds=6.0,
+    rounds_ttft=8,
+    per_round_ttft=30,
+    rounds_chunk=5,
+    per_round_chunk=4,
+    rounds_tps=3,
+    tps_seconds=5.0,
+    profile_seconds=10.0,
+)
+QUICK = Plan(
+    rounds_latency=4,
+    per_round_latency=50,
+    rounds_rps=2,
+    rps_seconds=3.0,
+    rounds_ttft=4,
+    per_round_ttft=25,
+    rounds_chunk=2,
+    per_round_chunk=2,
+    rounds_tps=1,
+    tps_seconds=3.0,
+    profile_seconds=4.0,
+)
 
 
 def body(max_tokens: int, stream: bool) -> bytes:
-    return json.dumps({"model": "fake", "messages": [{"role": "user", "content": "Say something."}],
-                       "max_tokens": max_tokens, "stream": stream}, separators=(",", ":")).encode()
+    return json.dumps(
+        {
+            "model": "fake",
+            "messages": [{"role": "user", "content": "Say something."}],
+            "max_tokens": max_tokens,
+            "stream": stream,
+        },
+        separators=(",", ":"),
+    ).encode()
 
 
 @dataclass
@@ -102,7 +139,7 @@ class Meter:
     def __init__(self, target: Target, upstream_pid: int) -> None:
         self.target, self.upstream_pid = target, upstream_pid
 
-    def __enter__(self) -> "Meter":
+    def __enter__(self) -> Meter:
         self.t0 = time.perf_counter()
         self.c0 = {r: cpu_seconds(p) for r, p in self.target.procs.items()}
         self.u0 = cpu_seconds([self.upstream_pid])
@@ -193,8 +230,9 @@ async def sequential(t: Target, raw: bytes, n: int, acc: Acc, *, stream: bool, e
             acc.samples.append((r.finished - r.started) * 1000)
 
 
-async def closed_loop(t: Target, raw: bytes, concurrency: int, seconds: float, acc: Acc, *, stream: bool,
-                      expect_tokens: int) -> tuple[int, int, float]:
+async def closed_loop(
+    t: Target, raw: bytes, concurrency: int, seconds: float, acc: Acc, *, stream: bool, expect_tokens: int
+) -> tuple[int, int, float]:
     """``concurrency`` workers, each sending back to back on its own connection.
 
     Non-streaming: no request is started after ``seconds``; those under way are finished and
@@ -264,8 +302,14 @@ async def settle(upstream: Upstream, timeout: float = 20.0) -> None:
             await trio.sleep(0.05)
 
 
-async def run_phases(plan: Plan, targets: list[Target], upstream: Upstream, tooti: Tooti,
-                     out: dict[str, Any], profile_dir: Path | None) -> None:
+async def run_phases(
+    plan: Plan,
+    targets: list[Target],
+    upstream: Upstream,
+    tooti: Tooti,
+    out: dict[str, Any],
+    profile_dir: Path | None,
+) -> None:
     up_pid = upstream.proc.popen.pid
     phases: dict[str, dict[str, Acc]] = {}
 
@@ -290,7 +334,9 @@ async def run_phases(plan: Plan, targets: list[Target], upstream: Upstream, toot
         for t in targets:
             acc = cell("latency", t.name)
             with Meter(t, up_pid) as m:
-                await sequential(t, t.raw(16, False), plan.per_round_latency, acc, stream=False, expect_tokens=16)
+                await sequential(
+                    t, t.raw(16, False), plan.per_round_latency, acc, stream=False, expect_tokens=16
+                )
             acc.metered(m)
 
     # 2. Requests/s at concurrency 64, non-streaming, fixed duration per round.
@@ -301,8 +347,9 @@ async def run_phases(plan: Plan, targets: list[Target], upstream: Upstream, toot
             acc = cell("rps", t.name)
             s0 = upstream.stats()
             with Meter(t, up_pid) as m:
-                done, _, elapsed = await closed_loop(t, t.raw(16, False), c, plan.rps_seconds, acc,
-                                                     stream=False, expect_tokens=16)
+                done, _, elapsed = await closed_loop(
+                    t, t.raw(16, False), c, plan.rps_seconds, acc, stream=False, expect_tokens=16
+                )
             s1 = upstream.stats()
             acc.metered(m)
             acc.rates.append(done / elapsed)
@@ -326,7 +373,9 @@ async def run_phases(plan: Plan, targets: list[Target], upstream: Upstream, toot
         for t in targets:
             acc = cell("chunk", t.name)
             with Meter(t, up_pid) as m:
-                await sequential(t, t.raw(1000, True), plan.per_round_chunk, acc, stream=True, expect_tokens=1000)
+                await sequential(
+                    t, t.raw(1000, True), plan.per_round_chunk, acc, stream=True, expect_tokens=1000
+                )
             acc.metered(m)
 
     # 5. Tokens/s with 16, 64 and 256 concurrent 200-token streams.
@@ -337,16 +386,19 @@ async def run_phases(plan: Plan, targets: list[Target], upstream: Upstream, toot
                 acc = cell(f"tps{level}", t.name)
                 s0 = upstream.stats()
                 with Meter(t, up_pid) as m:
-                    done, toks, elapsed = await closed_loop(t, t.raw(200, True), level, plan.tps_seconds, acc,
-                                                            stream=True, expect_tokens=200)
+                    done, toks, elapsed = await closed_loop(
+                        t, t.raw(200, True), level, plan.tps_seconds, acc, stream=True, expect_tokens=200
+                    )
                 s1 = upstream.stats()
                 acc.metered(m)
                 acc.rates.append(toks / elapsed)
                 acc.tokens += toks
                 await settle(upstream)
                 acc.extra.append((s1["tokens_sent"] - s0["tokens_sent"]) / elapsed)
-                log(f"  round {r + 1} {t.name}: {toks / elapsed:.0f} tokens/s, {done} streams "
-                    f"({acc.errors} errors so far)")
+                log(
+                    f"  round {r + 1} {t.name}: {toks / elapsed:.0f} tokens/s, {done} streams "
+                    f"({acc.errors} errors so far)"
+                )
 
     for t in targets:
         for cn in t.conns:
@@ -361,14 +413,32 @@ async def run_phases(plan: Plan, targets: list[Target], upstream: Upstream, toot
             spies = []
             for role, pid in (("gateway", tooti.gw_pid), ("node", tooti.node_pid)):
                 path = profile_dir / f"profile-{role}-{'collapsed' if fmt == 'raw' else 'flame'}.{ext}"
-                spies.append(subprocess.Popen(
-                    [str(VENV / "bin" / "py-spy"), "record", "--pid", str(pid), "--rate", "200", "--nonblocking",
-                     "--duration", str(int(plan.profile_seconds)), "--format", fmt, "--output", str(path)],
-                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+                spies.append(
+                    subprocess.Popen(
+                        [
+                            str(VENV / "bin" / "py-spy"),
+                            "record",
+                            "--pid",
+                            str(pid),
+                            "--rate",
+                            "200",
+                            "--nonblocking",
+                            "--duration",
+                            str(int(plan.profile_seconds)),
+                            "--format",
+                            fmt,
+                            "--output",
+                            str(path),
+                        ],
+                        stdout=subprocess.DEVNULL,
+                        stderr=subprocess.PIPE,
+                    )
+                )
             await trio.sleep(0.5)  # let py-spy attach
             prof = Acc()
-            done, _, elapsed = await closed_loop(tt, tt.raw(16, False), 64, plan.profile_seconds + 1, prof,
-                                                 stream=False, expect_tokens=16)
+            done, _, elapsed = await closed_loop(
+                tt, tt.raw(16, False), 64, plan.profile_seconds + 1, prof, stream=False, expect_tokens=16
+            )
             for s in spies:
                 _, err = await trio.to_thread.run_sync(s.communicate)
                 if s.returncode != 0:
@@ -382,9 +452,20 @@ async def run_phases(plan: Plan, targets: list[Target], upstream: Upstream, toot
 
 
 def _acc_dict(a: Acc) -> dict[str, Any]:
-    return {"samples": a.samples, "extra": a.extra, "requests": a.requests, "errors": a.errors,
-            "error_kinds": a.error_kinds, "tokens": a.tokens, "wall": a.wall, "cpu": a.cpu,
-            "upstream_cpu": a.upstream_cpu, "driver_cpu": a.driver_cpu, "busy": a.busy, "rates": a.rates}
+    return {
+        "samples": a.samples,
+        "extra": a.extra,
+        "requests": a.requests,
+        "errors": a.errors,
+        "error_kinds": a.error_kinds,
+        "tokens": a.tokens,
+        "wall": a.wall,
+        "cpu": a.cpu,
+        "upstream_cpu": a.upstream_cpu,
+        "driver_cpu": a.driver_cpu,
+        "busy": a.busy,
+        "rates": a.rates,
+    }
 
 
 # ---------------------------------------------------------------------------------------- summary
@@ -426,10 +507,14 @@ def summarise(raw: dict[str, dict[str, Any]]) -> dict[str, Any]:
     for key in sorted(k for k in raw if k.startswith("tps")):
         for n, a in raw[key].items():
             fig[n][f"tokens_per_s_{key[3:]}"] = r2(statistics.mean(a["rates"]) if a["rates"] else None, 0)
-            fig[n][f"upstream_tokens_per_s_during_{key}"] = r2(statistics.mean(a["extra"]) if a["extra"] else None, 0)
+            fig[n][f"upstream_tokens_per_s_during_{key}"] = r2(
+                statistics.mean(a["extra"]) if a["extra"] else None, 0
+            )
             streams = a["tokens"] / 200  # 200-token stream equivalents (cut-off streams count in part)
             for role, sec in a["cpu"].items():
-                fig[n][f"{role}_cpu_ms_per_stream_{key[3:]}"] = r2(sec * 1000 / streams if streams else None, 3)
+                fig[n][f"{role}_cpu_ms_per_stream_{key[3:]}"] = r2(
+                    sec * 1000 / streams if streams else None, 3
+                )
             if a["wall"]:
                 fig[n][f"machine_busy_cores_{key}"] = r2(a["busy"] / a["wall"], 2)
             fig[n][f"stream_p50_ms_{key[3:]}"] = r2(pct(a["samples"], 50))
@@ -471,19 +556,29 @@ def check_targets(s: dict[str, Any], scale: dict[str, Any] | None) -> list[dict[
         goals.append({"goal": name, "measured": value, "met": ok})
 
     v = a.get("latency_p50_ms")
-    goal("added p50 non-streaming latency <= 5 ms and below LiteLLM's", f"{v} ms (LiteLLM {al.get('latency_p50_ms')} ms)",
-         None if v is None else v <= 5 and (al.get("latency_p50_ms") is None or v < al["latency_p50_ms"]))
+    goal(
+        "added p50 non-streaming latency <= 5 ms and below LiteLLM's",
+        f"{v} ms (LiteLLM {al.get('latency_p50_ms')} ms)",
+        None if v is None else v <= 5 and (al.get("latency_p50_ms") is None or v < al["latency_p50_ms"]),
+    )
     v = a.get("ttft_p50_ms")
     goal("added TTFT (p50) <= 8 ms", f"{v} ms", None if v is None else v <= 8)
     v = a.get("per_chunk_ms")
     goal("added per-chunk <= 0.25 ms", f"{v} ms", None if v is None else v <= 0.25)
     v = r.get("rps_c64_tooti_over_litellm")
-    goal("req/s at c=64 >= 3x LiteLLM's", f"{f['tooti'].get('rps_c64')} vs {f['litellm'].get('rps_c64')} req/s ({v}x)",
-         None if v is None else v >= 3)
+    goal(
+        "req/s at c=64 >= 3x LiteLLM's",
+        f"{f['tooti'].get('rps_c64')} vs {f['litellm'].get('rps_c64')} req/s ({v}x)",
+        None if v is None else v >= 3,
+    )
     if scale:
         goal("1,000 concurrent streams held", scale.get("verdict"), scale.get("held"))
         rss = scale.get("gateway_peak_rss_mb")
-        goal("gateway RSS <= 150 MB under 1,000 streams", f"{rss} MiB peak", None if rss is None else rss <= 150)
+        goal(
+            "gateway RSS <= 150 MB under 1,000 streams",
+            f"{rss} MiB peak",
+            None if rss is None else rss <= 150,
+        )
     return goals
 
 
@@ -501,7 +596,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-litellm", action="store_true", help="skip LiteLLM (no install needed)")
     ap.add_argument("--no-profile", action="store_true", help="skip the py-spy profile")
     ap.add_argument("--no-doc", action="store_true", help="do not rewrite docs/performance.md")
-    ap.add_argument("--scale", default=None, help="a bench.scale result JSON to include (default: results/scale-latest.json)")
+    ap.add_argument(
+        "--scale",
+        default=None,
+        help="a bench.scale result JSON to include (default: results/scale-latest.json)",
+    )
     args = ap.parse_args(argv)
     plan = QUICK if args.quick else FULL
 
@@ -514,13 +613,20 @@ def main(argv: list[str] | None = None) -> int:
     print(f"bench: {'quick' if args.quick else 'full'} run, logs in {tmp}", flush=True)
     upstream = Upstream(tmp)
     tooti = lite = None
-    out: dict[str, Any] = {"started": stamp, "mode": "quick" if args.quick else "full", "plan": plan.__dict__,
-                           "machine": machine(), "litellm_version": None if args.no_litellm else LITELLM_VERSION,
-                           "upstream": upstream.url}
+    out: dict[str, Any] = {
+        "started": stamp,
+        "mode": "quick" if args.quick else "full",
+        "plan": plan.__dict__,
+        "machine": machine(),
+        "litellm_version": None if args.no_litellm else LITELLM_VERSION,
+        "upstream": upstream.url,
+    }
     try:
         tooti = Tooti(tmp, upstream.url)
-        targets = [Target("direct", upstream.port, {}),
-                   Target("tooti", tooti.port, {"gateway": [tooti.gw_pid], "node": [tooti.node_pid]})]
+        targets = [
+            Target("direct", upstream.port, {}),
+            Target("tooti", tooti.port, {"gateway": [tooti.gw_pid], "node": [tooti.node_pid]}),
+        ]
         if not args.no_litellm:
             lite = LiteLLM(tmp, upstream.url)
             targets.append(Target("litellm", lite.port, {"litellm": children(lite.pid)}))
@@ -543,17 +649,23 @@ def main(argv: list[str] | None = None) -> int:
         out["memory_before"], out["memory_after"] = mem_before, mem_after
         busy = (sys1[0] - sys0[0]) - (sys1[1] - sys0[1])
         other = busy - (ours_cpu1 - ours_cpu0)
-        out["machine"]["cpu_used_by_other_processes_during_run_cores"] = round(other / wall, 3) if wall else None
+        out["machine"]["cpu_used_by_other_processes_during_run_cores"] = (
+            round(other / wall, 3) if wall else None
+        )
         out["machine"]["loadavg_at_end"] = os.getloadavg()
         out["upstream_stats"] = upstream.stats()
         out["summary"] = summarise(out["raw_phases"])
         for ph, cells in out["raw_phases"].items():  # keep the files small: per-request samples
-            if ph == "rps" or ph.startswith("tps"):   # of the load phases are summarised above
+            if ph == "rps" or ph.startswith("tps"):  # of the load phases are summarised above
                 for a in cells.values():
                     a["samples"] = f"{len(a['samples'])} samples, dropped"
         if not args.no_profile:
-            out["profile"] = {role: report.top_table(RESULTS / f"profile-{role}-collapsed.txt", RESULTS / f"profile-{role}-top.txt")
-                              for role in ("gateway", "node")}
+            out["profile"] = {
+                role: report.top_table(
+                    RESULTS / f"profile-{role}-collapsed.txt", RESULTS / f"profile-{role}-top.txt"
+                )
+                for role in ("gateway", "node")
+            }
     finally:
         if tooti is not None:
             tooti.stop()

@@ -37,9 +37,15 @@ RESULTS = BENCH / "results"
 
 
 async def run(args: argparse.Namespace, tooti: Tooti, upstream: Upstream) -> dict[str, Any]:
-    body = json.dumps({"model": "fake", "messages": [{"role": "user", "content": "Say something."}],
-                       "max_tokens": args.tokens, "stream": True,
-                       "x_fake": {"tokens": args.tokens, "delay_ms": args.delay_ms}}).encode()
+    body = json.dumps(
+        {
+            "model": "fake",
+            "messages": [{"role": "user", "content": "Say something."}],
+            "max_tokens": args.tokens,
+            "stream": True,
+            "x_fake": {"tokens": args.tokens, "delay_ms": args.delay_ms},
+        }
+    ).encode()
     raw = driver.build_request("127.0.0.1", tooti.port, "/v1/chat/completions", body)
     errors: Counter[str] = Counter()
     first_errors: list[str] = []
@@ -67,8 +73,13 @@ async def run(args: argparse.Namespace, tooti: Tooti, upstream: Upstream) -> dic
             if tick % 4 == 0:
                 now = (time.perf_counter(), cpu_seconds([tooti.gw_pid]), cpu_seconds([tooti.node_pid]))
                 span = now[0] - last[0]
-                cpu_timeline.append((round(now[0] - t0, 1), round((now[1] - last[1]) / span, 2),
-                                     round((now[2] - last[2]) / span, 2)))
+                cpu_timeline.append(
+                    (
+                        round(now[0] - t0, 1),
+                        round((now[1] - last[1]) / span, 2),
+                        round((now[2] - last[2]) / span, 2),
+                    )
+                )
                 last = now
 
     async def one(i: int) -> None:
@@ -119,16 +130,34 @@ async def run(args: argparse.Namespace, tooti: Tooti, upstream: Upstream) -> dic
     profiled = trio.Event()
 
     async def profile() -> None:
-        spies = [subprocess.Popen(
-            [str(VENV / "bin" / "py-spy"), "record", "--pid", str(pid), "--rate", "100", "--nonblocking",
-             "--duration", str(int(args.profile_s)), "--format", "raw",
-             "--output", str(RESULTS / f"profile-scale-{role}-collapsed.txt")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            for role, pid in (("gateway", tooti.gw_pid), ("node", tooti.node_pid))]
+        spies = [
+            subprocess.Popen(
+                [
+                    str(VENV / "bin" / "py-spy"),
+                    "record",
+                    "--pid",
+                    str(pid),
+                    "--rate",
+                    "100",
+                    "--nonblocking",
+                    "--duration",
+                    str(int(args.profile_s)),
+                    "--format",
+                    "raw",
+                    "--output",
+                    str(RESULTS / f"profile-scale-{role}-collapsed.txt"),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            for role, pid in (("gateway", tooti.gw_pid), ("node", tooti.node_pid))
+        ]
         for sp in spies:
             await trio.to_thread.run_sync(sp.wait)
         for role in ("gateway", "node"):
-            report.top_table(RESULTS / f"profile-scale-{role}-collapsed.txt", RESULTS / f"profile-scale-{role}-top.txt")
+            report.top_table(
+                RESULTS / f"profile-scale-{role}-collapsed.txt", RESULTS / f"profile-scale-{role}-top.txt"
+            )
         profiled.set()
 
     gw_cpu0, node_cpu0 = cpu_seconds([tooti.gw_pid]), cpu_seconds([tooti.node_pid])
@@ -149,14 +178,28 @@ async def run(args: argparse.Namespace, tooti: Tooti, upstream: Upstream) -> dic
     stream_seconds = (args.tokens - 1) * args.delay_ms / 1000
     n_err = sum(errors.values())
     held = n_err == 0 and stalled == 0 and completed == args.streams
-    verdict = (f"held: all {args.streams} streams completed, {peak_open} open at once" if held else
-               f"NOT held: {completed}/{args.streams} completed, {n_err} errors, {stalled} stalls")
+    verdict = (
+        f"held: all {args.streams} streams completed, {peak_open} open at once"
+        if held
+        else f"NOT held: {completed}/{args.streams} completed, {n_err} errors, {stalled} stalls"
+    )
     ftt = sorted(x for x in first_token_s if x == x)
     return {
-        "streams": args.streams, "tokens": args.tokens, "delay_ms": args.delay_ms, "stall_s": args.stall_s,
-        "stream_seconds": stream_seconds, "ramp_s": args.ramp_s, "wall_s": round(wall, 2),
-        "connected": opened, "completed": completed, "errors": n_err, "error_kinds": dict(errors),
-        "first_errors": first_errors, "stalled": stalled, "max_gap_s": round(max_gap, 3), "peak_open": peak_open,
+        "streams": args.streams,
+        "tokens": args.tokens,
+        "delay_ms": args.delay_ms,
+        "stall_s": args.stall_s,
+        "stream_seconds": stream_seconds,
+        "ramp_s": args.ramp_s,
+        "wall_s": round(wall, 2),
+        "connected": opened,
+        "completed": completed,
+        "errors": n_err,
+        "error_kinds": dict(errors),
+        "first_errors": first_errors,
+        "stalled": stalled,
+        "max_gap_s": round(max_gap, 3),
+        "peak_open": peak_open,
         "first_token_p50_s": round(ftt[len(ftt) // 2], 3) if ftt else None,
         "first_token_max_s": round(ftt[-1], 3) if ftt else None,
         "duration_max_s": round(max(durations), 3) if durations else None,
@@ -164,7 +207,8 @@ async def run(args: argparse.Namespace, tooti: Tooti, upstream: Upstream) -> dic
         "node_peak_rss_mb": max(rss["node"]) if rss["node"] else None,
         "gateway_cpu_s": round(cpu_seconds([tooti.gw_pid]) - gw_cpu0, 2),
         "node_cpu_s": round(cpu_seconds([tooti.node_pid]) - node_cpu0, 2),
-        "held": held, "verdict": verdict,
+        "held": held,
+        "verdict": verdict,
         "cpu_timeline_s_gw_node": cpu_timeline,
     }
 
@@ -177,8 +221,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ramp-s", type=float, default=2.0, help="spread the stream starts over this long")
     ap.add_argument("--stall-s", type=float, default=5.0)
     ap.add_argument("--limit-s", type=float, default=60.0, help="hard time limit for the streams")
-    ap.add_argument("--profile-s", type=float, default=0.0,
-                    help="py-spy the gateway and node for this many seconds from the start (needs bench/.venv-litellm)")
+    ap.add_argument(
+        "--profile-s",
+        type=float,
+        default=0.0,
+        help="py-spy the gateway and node for this many seconds from the start (needs bench/.venv-litellm)",
+    )
     args = ap.parse_args(argv)
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -204,7 +252,9 @@ def main(argv: list[str] | None = None) -> int:
             tooti.stop()
         upstream.proc.stop()
     out["started"] = stamp
-    out["command"] = "/work/venv/bin/python -m bench.scale " + " ".join(sys.argv[1:] if argv is None else argv)
+    out["command"] = "/work/venv/bin/python -m bench.scale " + " ".join(
+        sys.argv[1:] if argv is None else argv
+    )
     path = RESULTS / f"scale-{stamp}.json"
     path.write_text(json.dumps(out, indent=1))
     shutil.copyfile(path, RESULTS / "scale-latest.json")

@@ -37,7 +37,7 @@ def children(pid: int) -> list[int]:
                 raw = f.read()
         except OSError:
             continue
-        fields = raw[raw.rindex(b")") + 2:].split()
+        fields = raw[raw.rindex(b")") + 2 :].split()
         parent[int(entry)] = int(fields[1])
     tree, frontier = [pid], [pid]
     while frontier:
@@ -57,7 +57,7 @@ def cpu_seconds(pids: list[int]) -> float:
                 raw = f.read()
         except OSError:
             continue
-        fields = raw[raw.rindex(b")") + 2:].split()
+        fields = raw[raw.rindex(b")") + 2 :].split()
         total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
     return total / CLK_TCK
 
@@ -113,8 +113,9 @@ def wait_ok(url: str, body: dict[str, Any] | None, timeout: float, what: str) ->
 
 class Upstream:
     def __init__(self, tmp: Path, tokens: int = 1000) -> None:
-        self.proc, self.url = start_backend("tests.standins.openai_upstream", tmp / "upstream.log",
-                                            "--tokens", str(tokens), "--model", "fake")
+        self.proc, self.url = start_backend(
+            "tests.standins.openai_upstream", tmp / "upstream.log", "--tokens", str(tokens), "--model", "fake"
+        )
         self.port = int(self.url.rsplit(":", 1)[1])
 
     def stats(self) -> dict[str, Any]:
@@ -124,14 +125,21 @@ class Upstream:
 class Tooti:
     def __init__(self, tmp: Path, upstream_url: str, *, max_concurrency: int = 512) -> None:
         self.gateway = start_gateway(tmp, auth="open")
-        self.node = start_node(tmp, "node1", gateways=[self.gateway],
-                               backend={"type": "openai", "base_url": upstream_url + "/v1"},
-                               node={"max_concurrency": max_concurrency})
+        self.node = start_node(
+            tmp,
+            "node1",
+            gateways=[self.gateway],
+            backend={"type": "openai", "base_url": upstream_url + "/v1"},
+            node={"max_concurrency": max_concurrency},
+        )
         self.url = self.gateway.http
         self.port = int(self.url.rsplit(":", 1)[1])
-        wait_ok(self.url + "/v1/chat/completions",
-                {"model": "fake", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2},
-                60, "tooti gateway → node")
+        wait_ok(
+            self.url + "/v1/chat/completions",
+            {"model": "fake", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2},
+            60,
+            "tooti gateway → node",
+        )
 
     @property
     def gw_pid(self) -> int:
@@ -151,9 +159,16 @@ def ensure_venv(log: Path) -> Path:
     py = VENV / "bin" / "python"
     want = [f"litellm[proxy]=={LITELLM_VERSION}", MATPLOTLIB_SPEC, PYSPY_SPEC]
     if py.exists():
-        probe = subprocess.run([str(py), "-c", "import importlib.metadata as m, matplotlib;"
-                                "print(m.version('litellm'))"], capture_output=True, text=True)
-        if probe.returncode == 0 and probe.stdout.strip() == LITELLM_VERSION and (VENV / "bin" / "py-spy").exists():
+        probe = subprocess.run(
+            [str(py), "-c", "import importlib.metadata as m, matplotlib;print(m.version('litellm'))"],
+            capture_output=True,
+            text=True,
+        )
+        if (
+            probe.returncode == 0
+            and probe.stdout.strip() == LITELLM_VERSION
+            and (VENV / "bin" / "py-spy").exists()
+        ):
             return VENV
     else:
         subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
@@ -188,16 +203,36 @@ class LiteLLM:
             "LITELLM_LOCAL_MODEL_COST_MAP": "True",
             "LITELLM_TELEMETRY": "False",
             "LITELLM_LOG": "ERROR",
-            "NO_PROXY": "*", "no_proxy": "*",
-            "HTTP_PROXY": "", "HTTPS_PROXY": "", "http_proxy": "", "https_proxy": "",
+            "NO_PROXY": "*",
+            "no_proxy": "*",
+            "HTTP_PROXY": "",
+            "HTTPS_PROXY": "",
+            "http_proxy": "",
+            "https_proxy": "",
         }
-        self.proc = Proc([str(VENV / "bin" / "litellm"), "--config", str(cfg), "--host", "127.0.0.1",
-                          "--port", str(self.port), "--num_workers", "1"],
-                         log=tmp / "litellm.log", env=env, cwd=tmp)
+        self.proc = Proc(
+            [
+                str(VENV / "bin" / "litellm"),
+                "--config",
+                str(cfg),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--num_workers",
+                "1",
+            ],
+            log=tmp / "litellm.log",
+            env=env,
+            cwd=tmp,
+        )
         wait_ok(self.url + "/health/liveliness", None, 180, "LiteLLM proxy")
-        wait_ok(self.url + "/v1/chat/completions",
-                {"model": "fake", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2},
-                60, "LiteLLM → upstream")
+        wait_ok(
+            self.url + "/v1/chat/completions",
+            {"model": "fake", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2},
+            60,
+            "LiteLLM → upstream",
+        )
 
     @property
     def pid(self) -> int:
@@ -215,7 +250,10 @@ def machine() -> dict[str, Any]:
             break
     mem_kb = int(Path("/proc/meminfo").read_text().split()[1])
     return {
-        "cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(mem_kb / 1024 / 1024, 1),
-        "kernel": os.uname().release, "python": sys.version.split()[0],
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gib": round(mem_kb / 1024 / 1024, 1),
+        "kernel": os.uname().release,
+        "python": sys.version.split()[0],
         "tooti_commit_tree": str(REPO),
     }

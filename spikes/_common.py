@@ -14,10 +14,9 @@ import os
 import time
 from pathlib import Path
 
+import libp2p  # noqa: F401  (import sets up libp2p's own logging; trap 10)
 import multiaddr
 import trio
-
-import libp2p  # noqa: F401  (import sets up libp2p's own logging; trap 10)
 from libp2p import new_host
 from libp2p.abc import IHost, INetConn, INetStream, INetwork, INotifee
 from libp2p.crypto.ed25519 import create_new_key_pair
@@ -149,8 +148,13 @@ def set_subscription_buffer(size: int = 4096) -> None:
 # -- heartbeat payload: JSON stand-in for the protobuf the product will define ---------
 def encode_heartbeat(peer_id: ID, seq: int, t_start: float, models: list[str]) -> bytes:
     return json.dumps(
-        {"peer_id": peer_id.to_base58(), "seq": seq, "t_start": t_start,
-         "t_sent": time.time(), "models": models}
+        {
+            "peer_id": peer_id.to_base58(),
+            "seq": seq,
+            "t_start": t_start,
+            "t_sent": time.time(),
+            "models": models,
+        }
     ).encode()
 
 
@@ -235,8 +239,10 @@ async def echo(host, peer: ID) -> tuple[bytes, float]:
 
 
 def conns(host, peer: ID) -> list:
-    return [(c.direction.name, c.get_connection_type().name, [str(a) for a in c.get_transport_addresses()])
-            for c in host.get_network().get_connections(peer)]
+    return [
+        (c.direction.name, c.get_connection_type().name, [str(a) for a in c.get_transport_addresses()])
+        for c in host.get_network().get_connections(peer)
+    ]
 
 
 # -- tiny file rendezvous between the spike processes ---------------------------------

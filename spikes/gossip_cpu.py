@@ -22,16 +22,24 @@ import time
 from pathlib import Path
 
 import trio
-from multiaddr import Multiaddr
-
+from _common import (
+    HEARTBEAT_TOPIC,
+    drain,
+    encode_heartbeat,
+    gossipsub_and_pubsub,
+    heartbeat_validator,
+    make_host,
+    result,
+    set_subscription_buffer,
+    setup_logging,
+    wait_json,
+    write_json,
+)
+from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import info_from_p2p_addr
 from libp2p.tools.anyio_service import background_trio_service
-
-from _common import (HEARTBEAT_TOPIC, drain, encode_heartbeat, gossipsub_and_pubsub,
-                     heartbeat_validator, make_host, result, set_subscription_buffer,
-                     setup_logging, wait_json, write_json)
-from libp2p.crypto.ed25519 import create_new_key_pair
+from multiaddr import Multiaddr
 
 
 async def run_gateway(st: Path, a) -> None:
@@ -50,8 +58,11 @@ async def run_gateway(st: Path, a) -> None:
         counts["senders"].add(msg.from_id)
 
     async with host.run(listen_addrs=[Multiaddr("/ip4/127.0.0.1/tcp/0")]):
-        async with background_trio_service(pubsub), background_trio_service(gossipsub), \
-                trio.open_nursery() as nursery:
+        async with (
+            background_trio_service(pubsub),
+            background_trio_service(gossipsub),
+            trio.open_nursery() as nursery,
+        ):
             await pubsub.wait_until_ready()
             set_subscription_buffer(4096)
             pubsub.set_topic_validator(HEARTBEAT_TOPIC, counting_validator, False)
@@ -68,12 +79,21 @@ async def run_gateway(st: Path, a) -> None:
             await trio.sleep(0.3)  # let the tail drain
             cpu, wall = time.process_time() - c1, time.perf_counter() - t1
             n, rej = counts["ok"] - n0, counts["rejected"] - r0
-            result("gateway", hosts=a.hosts, rate_per_host=a.rate, rate_limit=a.rate_limit,
-                   received=n, rejected=rej, senders=len(counts["senders"]), window_s=round(wall, 2),
-                   msgs_per_s=round(n / wall, 1), cpu_busy_frac=round(cpu / wall, 3),
-                   cpu_idle_frac=round(idle_rate, 4),
-                   cpu_ms_per_msg=round((cpu - idle_rate * wall) * 1000 / max(1, n + rej), 3),
-                   cpu_ms_per_msg_gross=round(cpu * 1000 / max(1, n + rej), 3))
+            result(
+                "gateway",
+                hosts=a.hosts,
+                rate_per_host=a.rate,
+                rate_limit=a.rate_limit,
+                received=n,
+                rejected=rej,
+                senders=len(counts["senders"]),
+                window_s=round(wall, 2),
+                msgs_per_s=round(n / wall, 1),
+                cpu_busy_frac=round(cpu / wall, 3),
+                cpu_idle_frac=round(idle_rate, 4),
+                cpu_ms_per_msg=round((cpu - idle_rate * wall) * 1000 / max(1, n + rej), 3),
+                cpu_ms_per_msg_gross=round(cpu * 1000 / max(1, n + rej), 3),
+            )
             nursery.cancel_scope.cancel()
         await host.close()
 
@@ -124,17 +144,33 @@ async def run_publishers(st: Path, a) -> None:
 
 
 def orchestrate(a) -> None:
-    scenarios = [(a.hosts, a.rate, a.rate_limit)] if a.hosts else [
-        (20, 1.0, 1000.0),    # the real load: 20 nodes x 1 Hz
-        (20, 10.0, 1000.0),   # 200 msg/s to get a stable per-message CPU number
-        (1, 50.0, 10.0),      # one fast publisher with the DEFAULT rate limit (trap 7)
-    ]
+    scenarios = (
+        [(a.hosts, a.rate, a.rate_limit)]
+        if a.hosts
+        else [
+            (20, 1.0, 1000.0),  # the real load: 20 nodes x 1 Hz
+            (20, 10.0, 1000.0),  # 200 msg/s to get a stable per-message CPU number
+            (1, 50.0, 10.0),  # one fast publisher with the DEFAULT rate limit (trap 7)
+        ]
+    )
     for hosts, rate, limit in scenarios:
         st = Path(tempfile.mkdtemp(prefix="tooti-cpu-"))
-        base = [sys.executable, str(Path(__file__).resolve()), "--state", str(st), "--hosts", str(hosts),
-                "--rate", str(rate), "--rate-limit", str(limit), "--seconds", str(a.seconds)]
-        gw = subprocess.Popen(base + ["--role", "gateway"], stdout=subprocess.PIPE, text=True)
-        pub = subprocess.Popen(base + ["--role", "publishers"], stdout=subprocess.PIPE, text=True)
+        base = [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--state",
+            str(st),
+            "--hosts",
+            str(hosts),
+            "--rate",
+            str(rate),
+            "--rate-limit",
+            str(limit),
+            "--seconds",
+            str(a.seconds),
+        ]
+        gw = subprocess.Popen([*base, "--role", "gateway"], stdout=subprocess.PIPE, text=True)
+        pub = subprocess.Popen([*base, "--role", "publishers"], stdout=subprocess.PIPE, text=True)
         try:
             outs = [p.communicate(timeout=40)[0] for p in (gw, pub)]
         finally:

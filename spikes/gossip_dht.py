@@ -24,8 +24,28 @@ import time
 from pathlib import Path
 
 import trio
-from multiaddr import Multiaddr
-
+from _common import (
+    ECHO_PROTOCOL,
+    GATEWAYS_TOPIC,
+    HEARTBEAT_TOPIC,
+    MS,
+    ConnWatcher,
+    conns,
+    drain,
+    echo,
+    echo_handler,
+    encode_heartbeat,
+    gossipsub_and_pubsub,
+    heartbeat_validator,
+    load_or_create_identity,
+    make_host,
+    model_key,
+    result,
+    set_subscription_buffer,
+    setup_logging,
+    wait_json,
+    write_json,
+)
 from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
@@ -35,24 +55,29 @@ from libp2p.relay.circuit_v2.protocol import CircuitV2Protocol
 from libp2p.relay.circuit_v2.resources import RelayLimits
 from libp2p.relay.circuit_v2.transport import CircuitV2Transport
 from libp2p.tools.anyio_service import background_trio_service
-
-from _common import (ECHO_PROTOCOL, GATEWAYS_TOPIC, HEARTBEAT_TOPIC, MS, ConnWatcher, conns, drain,
-                     echo, echo_handler, encode_heartbeat, gossipsub_and_pubsub, heartbeat_validator,
-                     load_or_create_identity, make_host, model_key, result, set_subscription_buffer,
-                     setup_logging, wait_json, write_json)
+from multiaddr import Multiaddr
 
 LOCAL = Multiaddr("/ip4/127.0.0.1/tcp/0")
+
+
 async def run_gateway1(st: Path, deadline: float) -> None:
     host = make_host(load_or_create_identity(st / "gateway1.key"))
     gossipsub, pubsub = gossipsub_and_pubsub(host)
     dht = KadDHT(host, DHTMode.SERVER)
     limits = RelayLimits(duration=3600, data=1 << 30, max_circuit_conns=64, max_reservations=256)
     relay = CircuitV2Protocol(host, limits=limits, allow_hop=True)  # registers HOP + STOP
-    host.get_network().register_notifee(ConnWatcher(
-        "gw1", on_down=lambda p, c: result("gateway1", event="peer_down", peer=str(p), at=time.time())))
+    host.get_network().register_notifee(
+        ConnWatcher(
+            "gw1", on_down=lambda p, c: result("gateway1", event="peer_down", peer=str(p), at=time.time())
+        )
+    )
     async with host.run(listen_addrs=[LOCAL]):
-        async with background_trio_service(pubsub), background_trio_service(gossipsub), \
-                background_trio_service(dht), background_trio_service(relay):
+        async with (
+            background_trio_service(pubsub),
+            background_trio_service(gossipsub),
+            background_trio_service(dht),
+            background_trio_service(relay),
+        ):
             await pubsub.wait_until_ready()
             set_subscription_buffer(4096)
             pubsub.set_topic_validator(HEARTBEAT_TOPIC, heartbeat_validator, False)
@@ -87,9 +112,13 @@ async def run_node(st: Path, deadline: float) -> None:
     dialed: set[ID] = set()
 
     async with host.run(listen_addrs=[]):  # no listener at all
-        async with background_trio_service(pubsub), background_trio_service(gossipsub), \
-                background_trio_service(dht), background_trio_service(relay), \
-                trio.open_nursery() as nursery:
+        async with (
+            background_trio_service(pubsub),
+            background_trio_service(gossipsub),
+            background_trio_service(dht),
+            background_trio_service(relay),
+            trio.open_nursery() as nursery,
+        ):
             await pubsub.wait_until_ready()
             t0 = time.perf_counter()
             await host.connect(g1)
@@ -122,6 +151,7 @@ async def run_node(st: Path, deadline: float) -> None:
                     await pubsub.publish(HEARTBEAT_TOPIC, encode_heartbeat(me, seq, t_start, ["smollm2"]))
                     seq += 1
                     await trio.sleep(1.0)
+
             nursery.start_soon(heartbeats)
 
             t = time.perf_counter()  # relay v2 reservation on gateway1 (refreshed by relay_tp)
@@ -155,12 +185,18 @@ async def run_gateway2(st: Path, deadline: float) -> None:
         sender = ID(msg.from_id)  # verified origin (signature + validator), NOT the forwarder
         if "node" not in state:
             now, hb, state["node"] = time.time(), json.loads(msg.data), sender
-            result("gateway2", first_heartbeat_at=now, from_id=str(sender), payload_peer_id=hb["peer_id"],
-                   since_node_start_ms=round((now - hb["t_start"]) * 1000, 1))
+            result(
+                "gateway2",
+                first_heartbeat_at=now,
+                from_id=str(sender),
+                payload_peer_id=hb["peer_id"],
+                since_node_start_ms=round((now - hb["t_start"]) * 1000, 1),
+            )
 
     def on_up(peer: ID, conn) -> None:
         if peer == state.get("node") and state.get("await_direct"):
-            state["direct_at"] = time.perf_counter(); node_up.set()  # noqa: E702
+            state["direct_at"] = time.perf_counter()
+            node_up.set()
 
     def on_down(peer: ID, conn) -> None:
         if peer == state.get("node") and state.get("await_down"):
@@ -169,9 +205,13 @@ async def run_gateway2(st: Path, deadline: float) -> None:
 
     host.get_network().register_notifee(ConnWatcher("gw2", on_up, on_down))
     async with host.run(listen_addrs=[LOCAL]):
-        async with background_trio_service(pubsub), background_trio_service(gossipsub), \
-                background_trio_service(dht), background_trio_service(relay), \
-                trio.open_nursery() as nursery:
+        async with (
+            background_trio_service(pubsub),
+            background_trio_service(gossipsub),
+            background_trio_service(dht),
+            background_trio_service(relay),
+            trio.open_nursery() as nursery,
+        ):
             await pubsub.wait_until_ready()
             set_subscription_buffer(4096)
             pubsub.set_topic_validator(HEARTBEAT_TOPIC, heartbeat_validator, False)
@@ -196,8 +236,12 @@ async def run_gateway2(st: Path, deadline: float) -> None:
                     if any(p.peer_id == node for p in provs):
                         break
                     await trio.sleep(0.05)
-                result("gateway2", find_providers_calls_ms=calls, find_providers_total_ms=MS(t),
-                       providers=[(str(p.peer_id), [str(a) for a in p.addrs]) for p in provs])
+                result(
+                    "gateway2",
+                    find_providers_calls_ms=calls,
+                    find_providers_total_ms=MS(t),
+                    providers=[(str(p.peer_id), [str(a) for a in p.addrs]) for p in provs],
+                )
                 t1 = time.perf_counter()
                 await dht.find_providers(model_key("smollm2"))
                 result("gateway2", find_providers_repeat_ms=MS(t1))
@@ -214,17 +258,25 @@ async def run_gateway2(st: Path, deadline: float) -> None:
                     with trio.fail_after(5):
                         await host.new_stream(node, [ECHO_PROTOCOL])
                     result("gateway2", plain_new_stream="unexpectedly worked", conns=conns(host, node))
-                except BaseException as e:  # noqa: BLE001 (report whatever it is)
+                except BaseException as e:
                     result("gateway2", plain_new_stream_error=type(e).__name__ + ": " + str(e)[:160])
                 # (c1) through the relay: the circuit transport's dial(), not host.connect
-                circuit = next(a for p in provs if p.peer_id == node for a in p.addrs if "p2p-circuit" in str(a))
+                circuit = next(
+                    a for p in provs if p.peer_id == node for a in p.addrs if "p2p-circuit" in str(a)
+                )
                 t = time.perf_counter()
                 conn = await relay_tp.dial(circuit)
                 dial_ms = MS(t)
                 reply, rtt = await echo(host, node)
                 reply2, rtt2 = await echo(host, node)
-                result("gateway2", relay_dial_ms=dial_ms, relay_echo=reply.decode(), relay_first_stream_ms=rtt,
-                       relay_second_stream_ms=rtt2, conns=conns(host, node))
+                result(
+                    "gateway2",
+                    relay_dial_ms=dial_ms,
+                    relay_echo=reply.decode(),
+                    relay_first_stream_ms=rtt,
+                    relay_second_stream_ms=rtt2,
+                    conns=conns(host, node),
+                )
                 await conn.close()
                 await trio.sleep(0.3)
                 # (c2) dial-back: announce our address on gossip; node dials us; reverse stream
@@ -236,8 +288,12 @@ async def run_gateway2(st: Path, deadline: float) -> None:
                     with trio.move_on_after(1.0):
                         await node_up.wait()
                 reply, rtt = await echo(host, node)
-                result("gateway2", dialback_connected_ms=round((state["direct_at"] - t) * 1000, 1),
-                       dialback_echo=reply.decode(), dialback_stream_ms=rtt)
+                result(
+                    "gateway2",
+                    dialback_connected_ms=round((state["direct_at"] - t) * 1000, 1),
+                    dialback_echo=reply.decode(),
+                    dialback_stream_ms=rtt,
+                )
                 (st / "stop_node").touch()  # (d) node exits -> notifee eviction latency
                 state["await_down"] = True
                 await node_down.wait()
@@ -250,8 +306,10 @@ def orchestrate(st: Path, verbose: bool) -> None:
 
     def spawn(role: str) -> None:
         cmd = [sys.executable, str(me), "--role", role, "--state", str(st)] + (["-v"] if verbose else [])
-        procs[role] = (subprocess.Popen(cmd, stdout=open(st / f"{role}.log", "w"), stderr=subprocess.STDOUT),
-                       time.time())
+        procs[role] = (
+            subprocess.Popen(cmd, stdout=open(st / f"{role}.log", "w"), stderr=subprocess.STDOUT),
+            time.time(),
+        )
 
     try:
         spawn("gateway")

@@ -76,7 +76,9 @@ else:
 def _run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     r = subprocess.run(list(args), capture_output=True, text=True, timeout=30)
     if check and r.returncode != 0:
-        raise RuntimeError(f"{' '.join(args)} failed ({r.returncode}): {r.stderr.strip() or r.stdout.strip()}")
+        raise RuntimeError(
+            f"{' '.join(args)} failed ({r.returncode}): {r.stderr.strip() or r.stdout.strip()}"
+        )
     return r
 
 
@@ -122,18 +124,22 @@ class NatLab:
         self.procs.append(proc)
         return proc
 
-    def python(self, ns: str, args: list[str], *, log: Path, env: dict[str, str] | None = None) -> _procs.Proc:
+    def python(
+        self, ns: str, args: list[str], *, log: Path, env: dict[str, str] | None = None
+    ) -> _procs.Proc:
         return self.popen(ns, [sys.executable, *args], log=log, env=env)
 
     def run(self, ns: str, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(["ip", "netns", "exec", ns, *args], capture_output=True, text=True, timeout=timeout)
+        return subprocess.run(
+            ["ip", "netns", "exec", ns, *args], capture_output=True, text=True, timeout=timeout
+        )
 
     def stop_all(self) -> None:
         errors = []
         for p in reversed(self.procs):
             try:
                 p.stop(timeout=10)
-            except Exception as e:  # noqa: BLE001 - stop the others anyway
+            except Exception as e:
                 errors.append(f"{p.args}: {e}")
         if errors:
             raise RuntimeError("; ".join(errors))
@@ -165,15 +171,27 @@ class NatLab:
 
     # -- tooti processes ---------------------------------------------------------------------
 
-    def start_gateway(self, tmp: Path, name: str, *, http_port: int, p2p_port: int, bootstrap: list[str] = (),
-                      ttl: float = 15.0, extra: dict[str, Any] | None = None) -> _procs.Gateway:
+    def start_gateway(
+        self,
+        tmp: Path,
+        name: str,
+        *,
+        http_port: int,
+        p2p_port: int,
+        bootstrap: list[str] = (),
+        ttl: float = 15.0,
+        extra: dict[str, Any] | None = None,
+    ) -> _procs.Gateway:
         """A gateway in the public namespace, on its public address (HTTP reachable from the root
         namespace, which routes to the public subnet through the veth)."""
         d = tmp / name
         d.mkdir(parents=True, exist_ok=True)
         cfg: dict[str, Any] = {
-            "gateway": {"identity_key_file": str(d / "gateway.key"), "http_listen": f"{self.pub_ip}:{http_port}",
-                        "auth": "open"},
+            "gateway": {
+                "identity_key_file": str(d / "gateway.key"),
+                "http_listen": f"{self.pub_ip}:{http_port}",
+                "auth": "open",
+            },
             "network": {"listen": [f"/ip4/{self.pub_ip}/tcp/{p2p_port}"], "bootstrap": list(bootstrap)},
             "registry": {"heartbeat_ttl_sec": ttl},
             "database": {"url": f"sqlite:///{d / 'tooti.db'}"},
@@ -182,18 +200,27 @@ class NatLab:
             cfg.setdefault(section, {}).update(values)
         path = d / "gateway.yaml"
         path.write_text(yaml.safe_dump(cfg))
-        proc = self.python(self.pub_ns, ["-m", "tooti", "gateway", "start", "-file", str(path)],
-                           log=d / "gateway.log")
+        proc = self.python(
+            self.pub_ns, ["-m", "tooti", "gateway", "start", "-file", str(path)], log=d / "gateway.log"
+        )
         line = proc.wait_line("tooti gateway ready:")
         fields = dict(part.split("=", 1) for part in line.split(": ", 1)[1].split(" ") if "=" in part)
         return _procs.Gateway(proc, fields["http"], fields["p2p"], path)
 
-    def start_node(self, tmp: Path, name: str, *, gateways: list[_procs.Gateway], backend: dict[str, Any],
-                   extra: dict[str, Any] | None = None) -> _procs.Node:
+    def start_node(
+        self,
+        tmp: Path,
+        name: str,
+        *,
+        gateways: list[_procs.Gateway],
+        backend: dict[str, Any],
+        extra: dict[str, Any] | None = None,
+    ) -> _procs.Node:
         """A node in the private namespace; its config bootstraps to ``gateways`` and has no listen address."""
         path = _procs.write_node_config(tmp, name, gateways=gateways, backend=backend, extra=extra)
-        proc = self.python(self.priv_ns, ["-m", "tooti", "node", "start", "-file", str(path)],
-                           log=path.parent / "node.log")
+        proc = self.python(
+            self.priv_ns, ["-m", "tooti", "node", "start", "-file", str(path)], log=path.parent / "node.log"
+        )
         line = proc.wait_line("tooti node ready:")
         return _procs.Node(proc, line.split("peer=", 1)[1].split()[0], path)
 
@@ -201,9 +228,26 @@ class NatLab:
         """The real llama.cpp server (SmolLM2-135M, one thread) in the public namespace."""
         d = tmp / "llama"
         d.mkdir(parents=True, exist_ok=True)
-        proc = self.python(self.pub_ns, ["-m", "tooti.llamacpp", "--host", self.pub_ip, "--port", str(port),
-                                         "--threads", "1", "--parallel", "2", "--ctx", "4096", "--alias", alias],
-                           log=d / "llama.log")
+        proc = self.python(
+            self.pub_ns,
+            [
+                "-m",
+                "tooti.llamacpp",
+                "--host",
+                self.pub_ip,
+                "--port",
+                str(port),
+                "--threads",
+                "1",
+                "--parallel",
+                "2",
+                "--ctx",
+                "4096",
+                "--alias",
+                alias,
+            ],
+            log=d / "llama.log",
+        )
         url = proc.wait_line("ready", timeout=120).split()[-1]
         return proc, url
 
@@ -223,7 +267,7 @@ class _Undo:
             what, fn = self.steps.pop()
             try:
                 fn()
-            except Exception as e:  # noqa: BLE001 - keep undoing the rest
+            except Exception as e:
                 self.errors.append(f"{what}: {e}")
 
 
@@ -242,30 +286,49 @@ def nat_lab() -> Iterator[NatLab]:
         r = _run("ip", "netns", "add", pub_ns, check=False)
         if r.returncode != 0:
             # Even under CI=true this is a skip: the runner cannot create namespaces at all.
-            pytest.skip(f"cannot create a network namespace (`ip netns add` as uid {os.geteuid()}): "
-                        f"{r.stderr.strip()}")
+            pytest.skip(
+                f"cannot create a network namespace (`ip netns add` as uid {os.geteuid()}): "
+                f"{r.stderr.strip()}"
+            )
         undo.push(f"delete {pub_ns}", lambda: _run("ip", "netns", "del", pub_ns))
-        require(shutil.which("iptables") is not None,
-                "iptables is not installed (apt-get install -y iptables); it is needed to build a real NAT")
+        require(
+            shutil.which("iptables") is not None,
+            "iptables is not installed (apt-get install -y iptables); it is needed to build a real NAT",
+        )
         probe = _run("iptables", "-w", "-t", "nat", "-S", "POSTROUTING", check=False)
         require(probe.returncode == 0, f"iptables is not usable here: {probe.stderr.strip()}")
 
         _run("ip", "netns", "add", priv_ns)
         undo.push(f"delete {priv_ns}", lambda: _run("ip", "netns", "del", priv_ns))
         a, b = _pick_subnets()
-        lab = NatLab(suffix=suffix, pub_ns=pub_ns, priv_ns=priv_ns,
-                     pub_net=f"10.{a}.0.0/24", priv_net=f"10.{b}.0.0/24",
-                     nat_ip=f"10.{a}.0.1", pub_ip=f"10.{a}.0.2", priv_gw_ip=f"10.{b}.0.1", priv_ip=f"10.{b}.0.2")
+        lab = NatLab(
+            suffix=suffix,
+            pub_ns=pub_ns,
+            priv_ns=priv_ns,
+            pub_net=f"10.{a}.0.0/24",
+            priv_net=f"10.{b}.0.0/24",
+            nat_ip=f"10.{a}.0.1",
+            pub_ip=f"10.{a}.0.2",
+            priv_gw_ip=f"10.{b}.0.1",
+            priv_ip=f"10.{b}.0.2",
+        )
         # The processes go first at teardown, before their namespaces.
         undo.push("stop processes", lab.stop_all)
 
-        for ns, host_if, host_ip, ns_ip in ((pub_ns, f"tpub{suffix}", lab.nat_ip, lab.pub_ip),
-                                            (priv_ns, f"tprv{suffix}", lab.priv_gw_ip, lab.priv_ip)):
+        for ns, host_if, host_ip, ns_ip in (
+            (pub_ns, f"tpub{suffix}", lab.nat_ip, lab.pub_ip),
+            (priv_ns, f"tprv{suffix}", lab.priv_gw_ip, lab.priv_ip),
+        ):
             _run("ip", "link", "add", host_if, "type", "veth", "peer", "name", "eth0", "netns", ns)
             # Deleting one end deletes both; deleting the namespace would too. Explicit anyway.
-            undo.push(f"delete {host_if}",
-                      lambda i=host_if: _run("ip", "link", "del", i) if _run(
-                          "ip", "link", "show", i, check=False).returncode == 0 else None)
+            undo.push(
+                f"delete {host_if}",
+                lambda i=host_if: (
+                    _run("ip", "link", "del", i)
+                    if _run("ip", "link", "show", i, check=False).returncode == 0
+                    else None
+                ),
+            )
             _run("ip", "addr", "add", f"{host_ip}/24", "dev", host_if)
             _run("ip", "link", "set", host_if, "up")
             _run("ip", "-n", ns, "link", "set", "lo", "up")
@@ -286,14 +349,27 @@ def nat_lab() -> Iterator[NatLab]:
         # Inserted at the top of FORWARD, so they decide before any rule already there (and
         # work even if FORWARD's policy is DROP). Final order: drop, accept out, accept replies.
         forward = [
-            ["FORWARD", "-s", lab.pub_net, "-d", lab.priv_net, "-m", "conntrack", "--ctstate",
-             "ESTABLISHED,RELATED", "-j", "ACCEPT"],
+            [
+                "FORWARD",
+                "-s",
+                lab.pub_net,
+                "-d",
+                lab.priv_net,
+                "-m",
+                "conntrack",
+                "--ctstate",
+                "ESTABLISHED,RELATED",
+                "-j",
+                "ACCEPT",
+            ],
             ["FORWARD", "-s", lab.priv_net, "-d", lab.pub_net, "-j", "ACCEPT"],
             ["FORWARD", "-d", lab.priv_net, "-m", "conntrack", "--ctstate", "NEW", "-j", "DROP"],
         ]
         for rule in forward:
             _iptables("filter", "-I", [rule[0], "1", *rule[1:]])
-            undo.push(f"delete FORWARD rule {' '.join(rule[1:])}", lambda r=rule: _iptables("filter", "-D", r))
+            undo.push(
+                f"delete FORWARD rule {' '.join(rule[1:])}", lambda r=rule: _iptables("filter", "-D", r)
+            )
 
         yield lab
     finally:

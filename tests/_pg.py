@@ -25,10 +25,10 @@ def postgres_admin_url() -> str:
         return url
     if os.environ.get("CI") == "true":
         pytest.fail(
-            f"{ENV_VAR} is not set but CI=true: run `eval \"$(.ci/postgres.sh)\"` "
+            f'{ENV_VAR} is not set but CI=true: run `eval "$(.ci/postgres.sh)"` '
             "before pytest so the PostgreSQL tests run"
         )
-    pytest.skip(f"{ENV_VAR} not set (run `eval \"$(.ci/postgres.sh)\"` to enable)")
+    pytest.skip(f'{ENV_VAR} not set (run `eval "$(.ci/postgres.sh)"` to enable)')
 
 
 def _with_dbname(url: str, dbname: str) -> str:
@@ -66,7 +66,7 @@ def raw_rows(url: str, sql: str) -> list[tuple[object, ...]]:
     if url.startswith("sqlite:///"):
         import sqlite3
 
-        conn = sqlite3.connect(url[len("sqlite:///"):])
+        conn = sqlite3.connect(url[len("sqlite:///") :])
         try:
             return conn.execute(sql).fetchall()
         finally:
@@ -98,5 +98,5 @@ def all_stored_values(url: str) -> list[tuple[str, str, str]]:
                 )
             ]
         for row in raw_rows(url, f'SELECT * FROM "{table}"'):
-            found.extend((str(table), col, str(val)) for col, val in zip(columns, row))
+            found.extend((str(table), col, str(val)) for col, val in zip(columns, row, strict=False))
     return found

@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
-ALL_PROCS: list["Proc"] = []
+ALL_PROCS: list[Proc] = []
 
 
 def free_port() -> int:
@@ -32,16 +32,24 @@ def free_port() -> int:
 class Proc:
     """A child process whose stdout lines are collected by a thread."""
 
-    def __init__(self, args: list[str], *, log: Path, env: dict[str, str] | None = None,
-                 cwd: Path | None = None) -> None:
+    def __init__(
+        self, args: list[str], *, log: Path, env: dict[str, str] | None = None, cwd: Path | None = None
+    ) -> None:
         self.args = args
         self.log = log
         self._lines: list[str] = []
         self._cond = threading.Condition()
         full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         self._log_file = open(log, "ab")
-        self.popen = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=self._log_file, env=full_env,
-                                      cwd=cwd or REPO, text=True, start_new_session=True)
+        self.popen = subprocess.Popen(
+            args,
+            stdout=subprocess.PIPE,
+            stderr=self._log_file,
+            env=full_env,
+            cwd=cwd or REPO,
+            text=True,
+            start_new_session=True,
+        )
         threading.Thread(target=self._pump, daemon=True).start()
         ALL_PROCS.append(self)
 
@@ -64,8 +72,9 @@ class Proc:
                     if line.startswith(prefix):
                         return line
                     if line == "\0eof":
-                        raise RuntimeError(f"{self.args[2:5]} exited ({self.popen.poll()}) before '{prefix}':\n"
-                                           f"{self.tail()}")
+                        raise RuntimeError(
+                            f"{self.args[2:5]} exited ({self.popen.poll()}) before '{prefix}':\n{self.tail()}"
+                        )
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise TimeoutError(f"no '{prefix}' from {self.args} in {timeout}s:\n{self.tail()}")
@@ -111,14 +120,25 @@ class Gateway:
         return self.p2p.rsplit("/p2p/", 1)[1]
 
 
-def start_gateway(tmp: Path, name: str = "gw", *, auth: str = "open", database_url: str | None = None,
-                  bootstrap: list[str] = (), ttl: float = 15.0, extra: dict[str, Any] | None = None,
-                  env: dict[str, str] | None = None) -> Gateway:
+def start_gateway(
+    tmp: Path,
+    name: str = "gw",
+    *,
+    auth: str = "open",
+    database_url: str | None = None,
+    bootstrap: list[str] = (),
+    ttl: float = 15.0,
+    extra: dict[str, Any] | None = None,
+    env: dict[str, str] | None = None,
+) -> Gateway:
     d = tmp / name
     d.mkdir(parents=True, exist_ok=True)
     cfg: dict[str, Any] = {
-        "gateway": {"identity_key_file": str(d / "gateway.key"), "http_listen": f"127.0.0.1:{free_port()}",
-                    "auth": auth},
+        "gateway": {
+            "identity_key_file": str(d / "gateway.key"),
+            "http_listen": f"127.0.0.1:{free_port()}",
+            "auth": auth,
+        },
         "network": {"listen": [f"/ip4/127.0.0.1/tcp/{free_port()}"], "bootstrap": list(bootstrap)},
         "registry": {"heartbeat_ttl_sec": ttl},
         "database": {"url": database_url or f"sqlite:///{d / 'tooti.db'}"},
@@ -138,8 +158,15 @@ class Node:
         self.proc, self.peer_id, self.config = proc, peer_id, config
 
 
-def write_node_config(tmp: Path, name: str, *, gateways: list[Gateway], backend: dict[str, Any],
-                      node: dict[str, Any] | None = None, extra: dict[str, Any] | None = None) -> Path:
+def write_node_config(
+    tmp: Path,
+    name: str,
+    *,
+    gateways: list[Gateway],
+    backend: dict[str, Any],
+    node: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Path:
     d = tmp / name
     d.mkdir(parents=True, exist_ok=True)
     cfg: dict[str, Any] = {
@@ -155,9 +182,17 @@ def write_node_config(tmp: Path, name: str, *, gateways: list[Gateway], backend:
     return path
 
 
-def start_node(tmp: Path, name: str, *, gateways: list[Gateway], backend: dict[str, Any],
-               node: dict[str, Any] | None = None, extra: dict[str, Any] | None = None,
-               env: dict[str, str] | None = None, wait: bool = True) -> Node:
+def start_node(
+    tmp: Path,
+    name: str,
+    *,
+    gateways: list[Gateway],
+    backend: dict[str, Any],
+    node: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
+    env: dict[str, str] | None = None,
+    wait: bool = True,
+) -> Node:
     path = write_node_config(tmp, name, gateways=gateways, backend=backend, node=node, extra=extra)
     proc = tooti(["node", "start", "-file", str(path)], log=path.parent / "node.log", env=env)
     peer = ""

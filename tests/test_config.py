@@ -49,8 +49,10 @@ def write(tmp_path: Path, text: str, name: str = "c.yaml") -> Path:
 
 def node_yaml(node_extra: str = "", rest: str = "") -> str:
     return (
-        "node:\n  identity_key_file: node.key\n" + node_extra
-        + f"network:\n  bootstrap: [{BOOTSTRAP}]\nbackend:\n  type: loopback\n" + rest
+        "node:\n  identity_key_file: node.key\n"
+        + node_extra
+        + f"network:\n  bootstrap: [{BOOTSTRAP}]\nbackend:\n  type: loopback\n"
+        + rest
     )
 
 
@@ -73,7 +75,11 @@ def test_minimal_node_gets_defaults() -> None:
     assert cfg.models.allow is None
     assert cfg.models.refresh_sec == 30.0
     assert cfg.heartbeat.interval_sec == 5.0
-    assert (cfg.timeouts.connect_sec, cfg.timeouts.first_token_sec, cfg.timeouts.total_sec) == (5.0, 60.0, 600.0)
+    assert (cfg.timeouts.connect_sec, cfg.timeouts.first_token_sec, cfg.timeouts.total_sec) == (
+        5.0,
+        60.0,
+        600.0,
+    )
 
 
 def test_full_node_values_and_env_expansion(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -176,8 +182,13 @@ BAD = [
     ("bad_float.yaml", "node", "heartbeat.interval_sec", 8, "greater than 0"),
     ("bad_float_type.yaml", "node", "models.refresh_sec", 8, "expected a number, got a string"),
     ("bad_duplicate.yaml", "node", "node", 7, "duplicate key (first set on line 1)"),
-    ("bad_env_unset.yaml", "node", "node.namespace_secret", 4,
-     "environment variable TOOTI_TEST_SURELY_UNSET is not set"),
+    (
+        "bad_env_unset.yaml",
+        "node",
+        "node.namespace_secret",
+        4,
+        "environment variable TOOTI_TEST_SURELY_UNSET is not set",
+    ),
     ("bad_key_dir_missing.yaml", "node", "node.identity_key_file", 2, "neither does its directory"),
     ("bad_range.yaml", "gateway", "routing.max_attempts", 4, "between 1 and 10, got 11"),
     ("bad_gateway_enum.yaml", "gateway", "gateway.auth", 2, "must be one of 'keys', 'open'"),
@@ -245,7 +256,9 @@ def test_problem_str() -> None:
 def test_int_accepted_for_float_but_not_float_for_int(tmp_path: Path) -> None:
     path = write(tmp_path, node_yaml("  max_concurrency: 2.5\n", "timeouts:\n  total_sec: 700\n"))
     _, problems = check_file(path)
-    assert [(p.key, p.message) for p in problems] == [("node.max_concurrency", "expected an integer, got a number")]
+    assert [(p.key, p.message) for p in problems] == [
+        ("node.max_concurrency", "expected an integer, got a number")
+    ]
 
 
 def test_list_expected(tmp_path: Path) -> None:
@@ -296,7 +309,9 @@ def test_existing_valid_key_file(tmp_path: Path) -> None:
     assert cfg.node.identity_key_file == tmp_path / "node.key"
 
 
-def test_relative_key_path_resolves_against_config_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_relative_key_path_resolves_against_config_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     (tmp_path / "etc").mkdir()
     path = write(tmp_path / "etc", node_yaml(), "node.yaml")
     monkeypatch.chdir(tmp_path)
@@ -363,7 +378,9 @@ def test_run_check_exit_codes(tmp_path: Path) -> None:
 
 
 def test_run_check_kind_override() -> None:
-    assert run_check(str(DATA / "good_node_minimal.yaml"), as_json=False, kind="gateway", out=io.StringIO()) == 1
+    assert (
+        run_check(str(DATA / "good_node_minimal.yaml"), as_json=False, kind="gateway", out=io.StringIO()) == 1
+    )
 
 
 def test_run_check_json_shape() -> None:
@@ -376,7 +393,12 @@ def test_run_check_json_shape() -> None:
         "kind": "gateway",
         "valid": False,
         "problems": [
-            {"file": path, "line": 4, "key": "routing.max_attempts", "message": "must be between 1 and 10, got 11"}
+            {
+                "file": path,
+                "line": 4,
+                "key": "routing.max_attempts",
+                "message": "must be between 1 and 10, got 11",
+            }
         ],
     }
     out = io.StringIO()
@@ -393,10 +415,14 @@ def test_run_check_json_unreadable(tmp_path: Path) -> None:
 
 def test_secret_values_never_printed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TOOTI_TEST_SECRET", SECRET)
-    node = write(tmp_path, node_yaml(
-        "  namespace_secret: ${TOOTI_TEST_SECRET}\n  bogus: 1\n",
-        "backend:\n  type: openai\n  base_url: http://x/\n  api_key: key-${TOOTI_TEST_SECRET}\n",
-    ), "node.yaml")  # backend duplicated on purpose: one more problem
+    node = write(
+        tmp_path,
+        node_yaml(
+            "  namespace_secret: ${TOOTI_TEST_SECRET}\n  bogus: 1\n",
+            "backend:\n  type: openai\n  base_url: http://x/\n  api_key: key-${TOOTI_TEST_SECRET}\n",
+        ),
+        "node.yaml",
+    )  # backend duplicated on purpose: one more problem
     gateway = write(tmp_path, "gateway:\ndatabase:\n  url: mysql://u:${TOOTI_TEST_SECRET}@h/db\n", "gw.yaml")
     for path in (node, gateway):
         for as_json in (False, True):
@@ -415,7 +441,10 @@ def test_secret_values_never_printed(tmp_path: Path, monkeypatch: pytest.MonkeyP
 def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "tooti", "config-check", *args],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
         env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
     )
 

@@ -109,8 +109,9 @@ async def _repeat_until(done: trio.Event, send: Callable[[], object]) -> None:
 
 
 def _announcement(name: str, seq: int = 0, peer_id: bytes = b"") -> pb.Announcement:
-    return pb.Announcement(peer_id=peer_id, name=name, seq=seq, capacity=4,
-                           models=[pb.ModelInfo(name="smollm2", capacity=4)])
+    return pb.Announcement(
+        peer_id=peer_id, name=name, seq=seq, capacity=4, models=[pb.ModelInfo(name="smollm2", capacity=4)]
+    )
 
 
 async def _send_heartbeats_until(net: Net, done: trio.Event) -> None:
@@ -142,7 +143,7 @@ async def test_heartbeat_relayed_to_second_gateway_with_verified_sender(net: Net
         await _send_heartbeats_until(net, arrived)
         # That queue must stay at one entry, or CPU per heartbeat grows with nodes x
         # queue length (see _pubsub.new_gossipsub).
-        pending = net.gw1.disc._router._pending_messages  # noqa: SLF001 - guards a libp2p trap
+        pending = net.gw1.disc._router._pending_messages
         assert max(map(len, pending.values()), default=0) <= 1
 
     sender, ann = got[0]
@@ -175,14 +176,16 @@ async def test_forged_and_malformed_messages_are_rejected_and_not_delivered(net:
 
     async with _forger(net.gw1) as (pubsub, _):
         # Claims to be the node, signed by the forger's own key.
-        await pubsub.publish(HEARTBEAT_TOPIC, _announcement("forged", peer_id=net.node.id.to_bytes())
-                             .SerializeToString())
+        await pubsub.publish(
+            HEARTBEAT_TOPIC, _announcement("forged", peer_id=net.node.id.to_bytes()).SerializeToString()
+        )
         await _eventually(lambda: net.gw1.disc.rejected >= 1, "forged heartbeat rejected")
         await pubsub.publish(HEARTBEAT_TOPIC, b"\xff\xff not a protobuf")
         await _eventually(lambda: net.gw1.disc.rejected >= 2, "malformed heartbeat rejected")
         # A gateway announcement in gateway2's name, pointing at the forger's address.
-        forged = pb.Welcome(gateway_peer_id=net.gw2.id.to_bytes(),
-                            gateways=[f"/ip4/127.0.0.1/tcp/1/p2p/{net.gw2.id}"])
+        forged = pb.Welcome(
+            gateway_peer_id=net.gw2.id.to_bytes(), gateways=[f"/ip4/127.0.0.1/tcp/1/p2p/{net.gw2.id}"]
+        )
         await pubsub.publish(GATEWAYS_TOPIC, forged.SerializeToString())
         await _eventually(lambda: net.gw1.disc.rejected >= 3, "forged gateway announcement rejected")
 
@@ -217,7 +220,9 @@ async def test_gateway_announcement_reaches_node_through_other_gateway(net: Net)
     assert net.gw2.id in net.node.host.get_connected_peers()
 
 
-async def test_dht_provider_found_by_other_gateway_and_by_node(net: Net, caplog: pytest.LogCaptureFixture) -> None:
+async def test_dht_provider_found_by_other_gateway_and_by_node(
+    net: Net, caplog: pytest.LogCaptureFixture
+) -> None:
     await net.gw2.disc.add_peer(net.gw1.id)
     await net.node.disc.add_peer(net.gw1.id)
     await net.gw1.disc.provide_models(["smollm2"])
@@ -237,7 +242,8 @@ async def test_dht_provider_found_by_other_gateway_and_by_node(net: Net, caplog:
         assert len(ids) == len(set(ids))  # deduplicated
         gw1 = next(p for p in providers if p.peer_id == net.gw1.id)
         assert set(map(str, net.gw1.host.get_transport_addrs())) <= {
-            str(a).split("/p2p/")[0] for a in gw1.addrs}
+            str(a).split("/p2p/")[0] for a in gw1.addrs
+        }
 
     # A node without a listen address does not provide (nobody could dial the record).
     await net.node.disc.provide_models(["only-on-node"])

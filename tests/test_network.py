@@ -26,14 +26,22 @@ TTL = 3.0
 @pytest.fixture(scope="module")
 def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     tmp = tmp_path_factory.mktemp("network")
-    up, up_url = _procs.start_backend("tests.standins.openai_upstream", tmp / "upstream.log", "--model", "fake")
+    up, up_url = _procs.start_backend(
+        "tests.standins.openai_upstream", tmp / "upstream.log", "--model", "fake"
+    )
     gw1 = _procs.start_gateway(tmp, "gw1", ttl=TTL)
     gw2 = _procs.start_gateway(tmp, "gw2", ttl=TTL, bootstrap=[gw1.p2p])
     backend = {"type": "openai", "base_url": up_url}
     nodes = {}
-    for name, ns, gw in (("red1", "red", gw1), ("red2", "red", gw2), ("blue1", "blue", gw1), ("blue2", "blue", gw2)):
-        nodes[name] = _procs.start_node(tmp, name, gateways=[gw], backend=backend,
-                                        node={"namespace": ns, "max_concurrency": 16})
+    for name, ns, gw in (
+        ("red1", "red", gw1),
+        ("red2", "red", gw2),
+        ("blue1", "blue", gw1),
+        ("blue2", "blue", gw2),
+    ):
+        nodes[name] = _procs.start_node(
+            tmp, name, gateways=[gw], backend=backend, node={"namespace": ns, "max_concurrency": 16}
+        )
     for gw in (gw1, gw2):
         wait_for_models(gw.base_url, {"fake", "red:fake", "blue:fake"})
     yield {"gws": [gw1, gw2], "nodes": nodes, "tmp": tmp, "up": up_url, "backend": backend}
@@ -49,8 +57,16 @@ def _live(gw: _procs.Gateway) -> dict[str, dict]:
 
 
 def _ask(gw: _procs.Gateway, model: str = "fake", **x_fake) -> httpx.Response:  # type: ignore[no-untyped-def]
-    return httpx.post(gw.base_url + "/chat/completions", trust_env=False, timeout=30, json={
-        "model": model, "messages": [{"role": "user", "content": "hi"}], "x_fake": x_fake or {"tokens": 4}})
+    return httpx.post(
+        gw.base_url + "/chat/completions",
+        trust_env=False,
+        timeout=30,
+        json={
+            "model": model,
+            "messages": [{"role": "user", "content": "hi"}],
+            "x_fake": x_fake or {"tokens": 4},
+        },
+    )
 
 
 def test_every_model_reachable_from_both_gateways(net: dict) -> None:
@@ -78,8 +94,10 @@ def test_round_trip_times_are_measured(net: dict) -> None:
 
 
 def test_status_command_prints_the_network(net: dict) -> None:
-    out = _procs.Proc([*_procs.sys.executable.split(), "-m", "tooti", "status", "--gateway", net["gws"][1].http],
-                      log=net["tmp"] / "status.log")
+    out = _procs.Proc(
+        [*_procs.sys.executable.split(), "-m", "tooti", "status", "--gateway", net["gws"][1].http],
+        log=net["tmp"] / "status.log",
+    )
     out.popen.wait(30)
     lines = [line for line in out._lines if line != "\0eof"]
     assert lines[0].startswith("gateway ") and "4 node(s)" in lines[0]
@@ -94,20 +112,27 @@ class _Load:
         self.ok: Counter[str] = Counter()
         self.failures: list[str] = []
         self.stop = threading.Event()
-        self.threads = [threading.Thread(target=self._run, args=(gw,), daemon=True) for gw in gws for _ in range(3)]
+        self.threads = [
+            threading.Thread(target=self._run, args=(gw,), daemon=True) for gw in gws for _ in range(3)
+        ]
 
     def _run(self, gw: _procs.Gateway) -> None:
         with httpx.Client(trust_env=False, timeout=20) as c:
             while not self.stop.is_set():
-                r = c.post(gw.base_url + "/chat/completions", json={
-                    "model": "fake", "messages": [{"role": "user", "content": "x"}],
-                    "x_fake": {"tokens": 20, "delay_ms": 5}})
+                r = c.post(
+                    gw.base_url + "/chat/completions",
+                    json={
+                        "model": "fake",
+                        "messages": [{"role": "user", "content": "x"}],
+                        "x_fake": {"tokens": 20, "delay_ms": 5},
+                    },
+                )
                 if r.status_code == 200:
                     self.ok[r.headers["x-tooti-node"]] += 1
                 else:
                     self.failures.append(f"{r.status_code} {r.text[:200]}")
 
-    def __enter__(self) -> "_Load":
+    def __enter__(self) -> _Load:
         for t in self.threads:
             t.start()
         return self
@@ -138,8 +163,13 @@ def test_sigkill_under_load_fails_nothing(net: dict) -> None:
     assert len(load.ok) >= 3, f"concurrent load was not spread over the nodes: {load.ok}"
     print(f"killed node evicted by both gateways in {noticed * 1000:.0f} ms")
     # restarted, it is routed to again
-    restarted = _procs.start_node(net["tmp"], "blue1", gateways=[net["gws"][0]], backend=net["backend"],
-                                  node={"namespace": "blue", "max_concurrency": 16})
+    restarted = _procs.start_node(
+        net["tmp"],
+        "blue1",
+        gateways=[net["gws"][0]],
+        backend=net["backend"],
+        node={"namespace": "blue", "max_concurrency": 16},
+    )
     net["nodes"]["blue1"] = restarted
     for gw in net["gws"]:
         deadline = time.monotonic() + 10

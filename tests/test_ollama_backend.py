@@ -30,7 +30,11 @@ WEATHER_TOOL = {
     "function": {
         "name": "get_weather",
         "description": "Current weather for a city",
-        "parameters": {"type": "object", "properties": {"location": {"type": "string"}}, "required": ["location"]},
+        "parameters": {
+            "type": "object",
+            "properties": {"location": {"type": "string"}},
+            "required": ["location"],
+        },
     },
 }
 
@@ -120,25 +124,29 @@ async def test_dead_backend(client: httpx.AsyncClient) -> None:
             pass  # pragma: no cover
 
 
-async def test_healthy_is_bounded_when_backend_hangs(client: httpx.AsyncClient, nursery: trio.Nursery) -> None:
+async def test_healthy_is_bounded_when_backend_hangs(
+    client: httpx.AsyncClient, nursery: trio.Nursery
+) -> None:
     # A listener that accepts and never answers.
-    listeners = await nursery.start(
-        functools.partial(trio.serve_tcp, lambda stream: trio.sleep_forever(), 0, host="127.0.0.1")
-    )
+    listeners = await nursery.start(functools.partial(trio.serve_tcp, _never_answer, 0, host="127.0.0.1"))
     port = listeners[0].socket.getsockname()[1]
     backend = OllamaBackend(f"http://127.0.0.1:{port}", client)
     with trio.fail_after(3):
         assert await backend.healthy() is False
 
 
+async def _never_answer(stream: trio.SocketStream) -> None:
+    await trio.sleep_forever()
+
+
 async def test_timeout_raises_backend_error(nursery: trio.Nursery) -> None:
-    listeners = await nursery.start(
-        functools.partial(trio.serve_tcp, lambda stream: trio.sleep_forever(), 0, host="127.0.0.1")
-    )
+    listeners = await nursery.start(functools.partial(trio.serve_tcp, _never_answer, 0, host="127.0.0.1"))
     port = listeners[0].socket.getsockname()[1]
     async with httpx.AsyncClient(timeout=0.2) as client:
         with pytest.raises(BackendError) as caught:
-            async with OllamaBackend(f"http://127.0.0.1:{port}", client).open(Request("chat", chat(stream=True))):
+            async with OllamaBackend(f"http://127.0.0.1:{port}", client).open(
+                Request("chat", chat(stream=True))
+            ):
                 pass  # pragma: no cover
     assert (caught.value.status, caught.value.code) == (504, "backend_timeout")
 
@@ -267,7 +275,10 @@ async def test_every_mapped_chat_field_reaches_ollama(backend: OllamaBackend, st
                     {
                         "id": "call_abc",
                         "type": "function",
-                        "function": {"name": "get_weather", "arguments": '{"location": "Paris", "days": [1, 2]}'},
+                        "function": {
+                            "name": "get_weather",
+                            "arguments": '{"location": "Paris", "days": [1, 2]}',
+                        },
                     }
                 ],
             },
@@ -342,12 +353,16 @@ async def test_chat_field_variants(
     assert extra == expected
 
 
-async def test_untranslatable_request_is_a_400_without_backend_call(backend: OllamaBackend, standin: Standin) -> None:
+async def test_untranslatable_request_is_a_400_without_backend_call(
+    backend: OllamaBackend, standin: Standin
+) -> None:
     body = chat()
     body["messages"].append(
         {
             "role": "assistant",
-            "tool_calls": [{"id": "x", "type": "function", "function": {"name": "f", "arguments": "not json"}}],
+            "tool_calls": [
+                {"id": "x", "type": "function", "function": {"name": "f", "arguments": "not json"}}
+            ],
         }
     )
     reply, blocks = await collect(backend, Request("chat", body))
@@ -384,7 +399,9 @@ async def test_completions(backend: OllamaBackend, standin: Standin) -> None:
     }
     assert reply.usage == usage_of(standin.app.last_done)
 
-    reply, blocks = await collect(backend, Request("completions", {**body, "stream": True}, client_usage=True))
+    reply, blocks = await collect(
+        backend, Request("completions", {**body, "stream": True}, client_usage=True)
+    )
     events = sse_events(blocks)
     assert all(e["object"] == "text_completion" and e["id"] == events[0]["id"] for e in events)
     # The spec's completion object has no null finish_reason, which every chunk but the last carries.
@@ -427,7 +444,9 @@ async def test_http_error_becomes_error_reply(backend: OllamaBackend) -> None:
 
 
 @pytest.mark.parametrize("fault", ["drop", "malformed", "error"])
-async def test_mid_stream_failure_raises(backend: OllamaBackend, client: httpx.AsyncClient, fault: str) -> None:
+async def test_mid_stream_failure_raises(
+    backend: OllamaBackend, client: httpx.AsyncClient, fault: str
+) -> None:
     client.headers.update({"X-Standin-Fault": fault, "X-Standin-Fault-After": "2", "X-Standin-Delay-Ms": "5"})
     received: list[bytes] = []
     with pytest.raises(BackendError):
@@ -494,8 +513,12 @@ async def test_lines_of_one_read_become_one_block() -> None:
         + line(message={"role": "assistant", "content": " b"})
         + line(message={"role": "assistant", "content": " c"})[:10],
         line(message={"role": "assistant", "content": " c"})[10:],
-        line(message={"role": "assistant", "content": ""}, done_reason="stop", prompt_eval_count=2, eval_count=3)
-        .replace(b'"done": false', b'"done": true'),
+        line(
+            message={"role": "assistant", "content": ""},
+            done_reason="stop",
+            prompt_eval_count=2,
+            eval_count=3,
+        ).replace(b'"done": false', b'"done": true'),
     ]
 
     async def body() -> AsyncIterator[bytes]:
@@ -504,7 +527,9 @@ async def test_lines_of_one_read_become_one_block() -> None:
 
     transport = httpx.MockTransport(lambda request: httpx.Response(200, content=body()))
     async with httpx.AsyncClient(transport=transport) as client:
-        reply, blocks = await collect(OllamaBackend("http://ollama", client), Request("chat", chat(stream=True)))
+        reply, blocks = await collect(
+            OllamaBackend("http://ollama", client), Request("chat", chat(stream=True))
+        )
     assert [len(sse_events([b])) for b in blocks] == [3, 1, 1]  # role + a + b | c | finish
     assert reply.usage == Usage(2, 3, 5)
 
@@ -526,7 +551,10 @@ async def test_standin_runs_as_a_process(client: httpx.AsyncClient) -> None:
             first_line = await trio.to_thread.run_sync(readline, abandon_on_cancel=True)
         assert first_line.startswith("listening on http://")
         url = first_line.split()[-1]
-        assert await OllamaBackend(url, client).list_models() == ["llama3.2:latest", "nomic-embed-text:latest"]
+        assert await OllamaBackend(url, client).list_models() == [
+            "llama3.2:latest",
+            "nomic-embed-text:latest",
+        ]
     finally:
         process.terminate()
         await trio.to_thread.run_sync(process.wait)

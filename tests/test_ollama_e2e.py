@@ -18,17 +18,29 @@ from tests import _procs
 from tests.conftest import wait_for_models
 from tests.openapi import validate
 
-TOOLS = [{"type": "function", "function": {
-    "name": "get_weather", "description": "Weather for a city",
-    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Weather for a city",
+            "parameters": {
+                "type": "object",
+                "properties": {"city": {"type": "string"}},
+                "required": ["city"],
+            },
+        },
+    }
+]
 
 
 @pytest.fixture(scope="module")
 def ollama_net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     tmp = tmp_path_factory.mktemp("ollama")
     port = _procs.free_port()
-    standin = _procs.Proc([sys.executable, "-m", "tests.standins.ollama", "--port", str(port)],
-                          log=tmp / "ollama.log")
+    standin = _procs.Proc(
+        [sys.executable, "-m", "tests.standins.ollama", "--port", str(port)], log=tmp / "ollama.log"
+    )
     url = standin.wait_line("listening on").split()[-1]
     gw = _procs.start_gateway(tmp, auth="open")
     node = _procs.start_node(tmp, "ollama-node", gateways=[gw], backend={"type": "ollama", "base_url": url})
@@ -42,9 +54,14 @@ def ollama_net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
 
 def test_ollama_streaming_with_usage(ollama_net: dict) -> None:
     client = openai.OpenAI(base_url=ollama_net["gw"].base_url, api_key="x", max_retries=0)
-    chunks = list(client.chat.completions.create(
-        model=ollama_net["model"], messages=[{"role": "user", "content": "alpha beta gamma delta"}],
-        stream=True, stream_options={"include_usage": True}))
+    chunks = list(
+        client.chat.completions.create(
+            model=ollama_net["model"],
+            messages=[{"role": "user", "content": "alpha beta gamma delta"}],
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text.split() == ["alpha", "beta", "gamma", "delta"]
     done = httpx.get(ollama_net["url"] + "/_last_done", trust_env=False).json()
@@ -54,11 +71,16 @@ def test_ollama_streaming_with_usage(ollama_net: dict) -> None:
 
 
 def test_ollama_tool_calls_streaming(ollama_net: dict) -> None:
-    body = {"model": ollama_net["model"], "stream": True, "tools": TOOLS,
-            "messages": [{"role": "user", "content": "what is the weather in Paris"}]}
+    body = {
+        "model": ollama_net["model"],
+        "stream": True,
+        "tools": TOOLS,
+        "messages": [{"role": "user", "content": "what is the weather in Paris"}],
+    }
     events = []
-    with httpx.stream("POST", ollama_net["gw"].base_url + "/chat/completions", json=body, timeout=30,
-                      trust_env=False) as r:
+    with httpx.stream(
+        "POST", ollama_net["gw"].base_url + "/chat/completions", json=body, timeout=30, trust_env=False
+    ) as r:
         for line in r.iter_lines():
             if line.startswith("data: "):
                 events.append(line[6:])
@@ -78,7 +100,8 @@ def test_ollama_tool_calls_streaming(ollama_net: dict) -> None:
 def test_ollama_non_streaming(ollama_net: dict) -> None:
     client = openai.OpenAI(base_url=ollama_net["gw"].base_url, api_key="x", max_retries=0)
     raw = client.chat.completions.with_raw_response.create(
-        model=ollama_net["model"], messages=[{"role": "user", "content": "one two"}], max_tokens=1, seed=3)
+        model=ollama_net["model"], messages=[{"role": "user", "content": "one two"}], max_tokens=1, seed=3
+    )
     validate("CreateChatCompletionResponse", json.loads(raw.http_response.content))
     out = raw.parse()
     assert out.choices[0].finish_reason == "length" and out.usage.completion_tokens == 1

@@ -148,14 +148,18 @@ async def test_max_tokens_caps_with_length(client: httpx.AsyncClient) -> None:
 
 
 async def test_content_parts_count_as_words(client: httpx.AsyncClient) -> None:
-    messages = [{"role": "user", "content": [{"type": "text", "text": "one two"}, {"type": "text", "text": "three"}]}]
+    messages = [
+        {"role": "user", "content": [{"type": "text", "text": "one two"}, {"type": "text", "text": "three"}]}
+    ]
     body = (await client.post("/v1/chat/completions", json={"model": "m", "messages": messages})).json()
     assert body["usage"]["prompt_tokens"] == 3
     assert body["model"] == "m"
 
 
 async def test_completion_non_stream_shape(client: httpx.AsyncClient) -> None:
-    body = (await client.post("/v1/completions", json={"model": "fake", "prompt": "a b c", "max_tokens": 2})).json()
+    body = (
+        await client.post("/v1/completions", json={"model": "fake", "prompt": "a b c", "max_tokens": 2})
+    ).json()
     validate("CreateCompletionResponse", body)
     assert body["object"] == "text_completion"
     assert body["choices"][0]["text"] == "tok0 tok1 "
@@ -212,7 +216,9 @@ async def test_completion_stream(client: httpx.AsyncClient) -> None:
     # The spec's CreateCompletionResponse admits neither the null finish_reason that OpenAI sends on
     # every streamed chunk but the last, nor the "usage": null of include_usage streams; validate
     # the finish chunk of a stream without include_usage.
-    events = await stream_events(client, "/v1/completions", {"model": "fake", "prompt": "x y", "stream": True})
+    events = await stream_events(
+        client, "/v1/completions", {"model": "fake", "prompt": "x y", "stream": True}
+    )
     assert events[-1] == "[DONE]"
     chunks = events[:-1]
     assert all("usage" not in c for c in chunks)
@@ -241,7 +247,9 @@ async def test_delays_pace_the_stream(client: httpx.AsyncClient) -> None:
 
 
 async def test_large_stream_batches_one_event_per_token(client: httpx.AsyncClient) -> None:
-    events = await stream_events(client, "/v1/completions", {"prompt": "p", "stream": True, "x_fake": {"tokens": 1000}})
+    events = await stream_events(
+        client, "/v1/completions", {"prompt": "p", "stream": True, "x_fake": {"tokens": 1000}}
+    )
     assert len(events) == 1000 + 1 + 1
     assert events[999]["choices"][0]["text"] == "tok999 "
     assert (await client.get("/_stats")).json()["tokens_sent"] == 1000
@@ -267,7 +275,11 @@ async def test_x_fake_status(client: httpx.AsyncClient, status: int) -> None:
 
 
 async def test_invalid_requests_get_400(client: httpx.AsyncClient) -> None:
-    bodies = [{"x_fake": {"tokens": "many"}, "messages": []}, {"x_fake": {"fail": "sometimes"}, "messages": []}, {}]
+    bodies = [
+        {"x_fake": {"tokens": "many"}, "messages": []},
+        {"x_fake": {"fail": "sometimes"}, "messages": []},
+        {},
+    ]
     for body in bodies:
         response = await client.post("/v1/chat/completions", json=body)
         assert response.status_code == 400
@@ -349,7 +361,9 @@ async def test_keep_alive_reuses_one_connection(upstream: FakeUpstream, client: 
         assert (await client.post("/v1/chat/completions", json=chat())).status_code == 200
         assert len(await stream_events(client, "/v1/chat/completions", chat(stream=True))) == TOKENS + 3
         assert (await client.post("/v1/embeddings", json={"input": "x"})).status_code == 200
-        assert (await client.post("/v1/chat/completions", json=chat(x_fake={"status": 429}))).status_code == 429
+        assert (
+            await client.post("/v1/chat/completions", json=chat(x_fake={"status": 429}))
+        ).status_code == 429
     stats = (await client.get("/_stats")).json()
     assert stats["requests"] == 12 and stats["completed"] == 9 and stats["errors"] == 3
     assert stats["connections"] == 1
@@ -366,7 +380,9 @@ async def test_pipelined_requests(upstream: FakeUpstream) -> None:
 
 
 async def test_chunked_request_body_rejected(upstream: FakeUpstream) -> None:
-    request = b"POST /v1/completions HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n"
+    request = (
+        b"POST /v1/completions HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n"
+    )
     received = await raw_exchange(upstream, request, until=b"}}")
     assert received.startswith(b"HTTP/1.1 411 ")
     assert b"connection: close" in received
@@ -384,7 +400,10 @@ async def test_http10_stream_is_close_delimited(upstream: FakeUpstream) -> None:
 async def test_a_thousand_open_streams(upstream: FakeUpstream, client: httpx.AsyncClient) -> None:
     count = 1000
     body = json.dumps(chat(stream=True, x_fake={"tokens": 1_000_000, "delay_ms": 200})).encode()
-    request = b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
+    request = b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-length: %d\r\n\r\n%s" % (
+        len(body),
+        body,
+    )
     streams: list[trio.SocketStream] = []
 
     async def open_one() -> None:

@@ -33,8 +33,11 @@ async def test_node_survives_garbage_from_its_gateway(tmp_path: Path) -> None:
         reader = FrameReader(stream)
         hello = await reader.read_frame(pb.ControlFrame)
         assert hello is not None and hello.WhichOneof("kind") == "hello"
-        await stream.write(encode(pb.GatewayControl(welcome=pb.Welcome(
-            accepted=True, gateway_peer_id=host.get_id().to_bytes()))))
+        await stream.write(
+            encode(
+                pb.GatewayControl(welcome=pb.Welcome(accepted=True, gateway_peer_id=host.get_id().to_bytes()))
+            )
+        )
         node_peer.append(peer_of(stream))
         joined.set()
         while await reader.fill():
@@ -44,7 +47,8 @@ async def test_node_survives_garbage_from_its_gateway(tmp_path: Path) -> None:
     async with host.run(listen_addrs=[Multiaddr(f"/ip4/127.0.0.1/tcp/{port}")]):
         gw = _procs.Gateway(None, "", f"/ip4/127.0.0.1/tcp/{port}/p2p/{host.get_id()}", tmp_path)  # type: ignore[arg-type]
         node = await trio.to_thread.run_sync(
-            lambda: _procs.start_node(tmp_path, "n", gateways=[gw], backend={"type": "loopback"}, wait=False))
+            lambda: _procs.start_node(tmp_path, "n", gateways=[gw], backend={"type": "loopback"}, wait=False)
+        )
         try:
             with trio.fail_after(30):
                 await joined.wait()
@@ -67,8 +71,12 @@ async def test_node_survives_garbage_from_its_gateway(tmp_path: Path) -> None:
                             break
             # 3. The node still answers a well-formed request.
             ok = await host.new_stream(peer, [protocols.INFERENCE])
-            req = pb.InferenceRequest(request_id="r1", route=pb.ROUTE_CHAT, model="loopback",
-                                      body=b'{"model":"loopback","messages":[{"role":"user","content":"still here"}]}')
+            req = pb.InferenceRequest(
+                request_id="r1",
+                route=pb.ROUTE_CHAT,
+                model="loopback",
+                body=b'{"model":"loopback","messages":[{"role":"user","content":"still here"}]}',
+            )
             await ok.write(encode(pb.GatewayFrame(request=req)))
             reader = FrameReader(ok)
             frames = []
@@ -108,8 +116,13 @@ async def test_gateway_survives_garbage_on_control_stream(tmp_path: Path) -> Non
             # A Hello claiming someone else's peer id is refused, not registered.
             other = build_host(load_or_create(tmp_path / "other.key")).get_id()
             s = await host.new_stream(info.peer_id, [protocols.CONTROL])
-            ann = pb.Announcement(peer_id=other.to_bytes(), models=[pb.ModelInfo(name="stolen", capacity=1)],
-                                  capacity=1, backend_healthy=True, seq=1)
+            ann = pb.Announcement(
+                peer_id=other.to_bytes(),
+                models=[pb.ModelInfo(name="stolen", capacity=1)],
+                capacity=1,
+                backend_healthy=True,
+                seq=1,
+            )
             await s.write(encode(pb.ControlFrame(hello=pb.Hello(announcement=ann))))
             answer = await FrameReader(s).read_frame(pb.GatewayControl)
             assert answer is not None and answer.WhichOneof("kind") == "welcome"

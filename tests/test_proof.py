@@ -33,8 +33,9 @@ def test_an_answer_is_bound_to_its_gateway_nonce_and_namespace() -> None:
 
 
 def test_hostile_argon2_parameters_are_refused() -> None:
-    ch = proof.Challenge(b"n" * 32, "argon2id", b"s" * 16, time_cost=1000, memory_cost=1 << 30,
-                         parallelism=1, hash_len=32)
+    ch = proof.Challenge(
+        b"n" * 32, "argon2id", b"s" * 16, time_cost=1000, memory_cost=1 << 30, parallelism=1, hash_len=32
+    )
     with pytest.raises(ValueError):
         proof.key_for("secret", ch)
     with pytest.raises(ValueError):

@@ -8,10 +8,24 @@ from tooti.gateway.registry import NodeEntry
 from tooti.gateway.router import choose, record_failure, record_success
 
 
-def _node(name: str, *, capacity: int = 4, in_flight: int = 0, ttft: float = 0.0, tps: float = 0.0) -> NodeEntry:
-    return NodeEntry(peer_id=name, name=name, namespace="", models=frozenset({"m"}), capacity=capacity,
-                     in_flight=in_flight, ttft_ms=ttft, tps=tps, healthy=True, version="", seq=1,
-                     last_seen=0.0, last_heartbeat_ms=0)
+def _node(
+    name: str, *, capacity: int = 4, in_flight: int = 0, ttft: float = 0.0, tps: float = 0.0
+) -> NodeEntry:
+    return NodeEntry(
+        peer_id=name,
+        name=name,
+        namespace="",
+        models=frozenset({"m"}),
+        capacity=capacity,
+        in_flight=in_flight,
+        ttft_ms=ttft,
+        tps=tps,
+        healthy=True,
+        version="",
+        seq=1,
+        last_seen=0.0,
+        last_heartbeat_ms=0,
+    )
 
 
 def test_full_nodes_are_never_chosen() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import time
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta, timezone
 
 import pytest
 import trio
@@ -21,7 +21,7 @@ from tooti.store import (
 from tooti.store.migrations import latest_version
 
 KEY_RE = re.compile(r"^tt-([0-9a-z]{10})-([0-9A-Za-z]{43})$")
-T0 = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
 
 @pytest.fixture
@@ -33,8 +33,15 @@ async def store(store_url):
         await s.aclose()
 
 
-def usage(request_id: str, *, at: datetime = T0, key: str = "k1", model: str = "m1",
-          prompt: int = 10, completion: int = 5) -> UsageRow:
+def usage(
+    request_id: str,
+    *,
+    at: datetime = T0,
+    key: str = "k1",
+    model: str = "m1",
+    prompt: int = 10,
+    completion: int = 5,
+) -> UsageRow:
     return UsageRow(request_id, at, key, "ns", "peer-1", model, prompt, completion, 42, 200, "gw-1")
 
 
@@ -224,13 +231,13 @@ async def test_api_key_revoke(store):
 
 
 async def test_api_key_expiry(store):
-    past = datetime.now(timezone.utc) - timedelta(seconds=1)
+    past = datetime.now(UTC) - timedelta(seconds=1)
     key, plaintext = await store.create_api_key(expires_at=past)
     verified = await store.verify_api_key(plaintext)
     assert verified is not None and verified.is_expired() and not verified.is_revoked()
     assert verified.expires_at == past.replace(microsecond=past.microsecond)
 
-    future = datetime.now(timezone.utc) + timedelta(days=30)
+    future = datetime.now(UTC) + timedelta(days=30)
     _, plaintext = await store.create_api_key(expires_at=future)
     verified = await store.verify_api_key(plaintext)
     assert verified is not None and not verified.is_expired()
@@ -272,7 +279,7 @@ async def test_record_usage_is_idempotent(store):
     batch = [usage(f"r{i}") for i in range(5)]
     await store.record_usage(batch)
     await store.record_usage(batch)  # a retried batch
-    await store.record_usage(batch[2:] + [usage("r5")])  # overlapping
+    await store.record_usage([*batch[2:], usage("r5")])  # overlapping
     await store.record_usage([usage("r6"), usage("r6")])  # duplicate inside one batch
     await store.record_usage([])
     assert await store.count_usage() == 7
@@ -280,15 +287,19 @@ async def test_record_usage_is_idempotent(store):
 
 async def test_usage_summary_grouping(store):
     day1, day2 = T0, T0 + timedelta(days=1)
-    await store.record_usage([
-        usage("a", at=day1, key="k1", model="m1", prompt=10, completion=1),
-        usage("b", at=day1 + timedelta(hours=3), key="k1", model="m1", prompt=20, completion=2),
-        usage("c", at=day1, key="k1", model="m2", prompt=5, completion=5),
-        usage("d", at=day2, key="k1", model="m1", prompt=1, completion=1),
-        usage("e", at=day1, key="k2", model="m1", prompt=7, completion=7),
-    ])
-    got = {(s.key_prefix, s.day, s.model): (s.requests, s.prompt_tokens, s.completion_tokens)
-           for s in await store.usage_summary()}
+    await store.record_usage(
+        [
+            usage("a", at=day1, key="k1", model="m1", prompt=10, completion=1),
+            usage("b", at=day1 + timedelta(hours=3), key="k1", model="m1", prompt=20, completion=2),
+            usage("c", at=day1, key="k1", model="m2", prompt=5, completion=5),
+            usage("d", at=day2, key="k1", model="m1", prompt=1, completion=1),
+            usage("e", at=day1, key="k2", model="m1", prompt=7, completion=7),
+        ]
+    )
+    got = {
+        (s.key_prefix, s.day, s.model): (s.requests, s.prompt_tokens, s.completion_tokens)
+        for s in await store.usage_summary()
+    }
     assert got == {
         ("k1", date(2026, 3, 1), "m1"): (2, 30, 3),
         ("k1", date(2026, 3, 1), "m2"): (1, 5, 5),
@@ -313,7 +324,7 @@ async def test_usage_days_are_utc(store):
 async def test_thousand_rows_in_batches(store):
     rows = [usage(f"req-{i:04d}", model=f"m{i % 3}", prompt=i, completion=1) for i in range(1000)]
     for start in range(0, 1000, 200):
-        await store.record_usage(rows[start:start + 200])
+        await store.record_usage(rows[start : start + 200])
     await store.record_usage(rows[100:300])  # retried batches change nothing
     assert await store.count_usage() == 1000
     summary = await store.usage_summary()

@@ -84,7 +84,7 @@ def _http_url(ctx: _yp.Ctx, node: yaml.Node, path: str) -> Any:
     # The URL is not echoed: it may carry credentials (http://user:pass@host).
     try:
         parts = urlsplit(value)
-        parts.port  # raises ValueError for a non-numeric or out-of-range port
+        _ = parts.port  # raises ValueError for a non-numeric or out-of-range port
     except ValueError:
         return ctx.report(node, path, "not a valid URL (check the host and port)")
     if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -110,7 +110,7 @@ def _multiaddr(*, peer_id: bool) -> _yp.Checker:
             return ctx.report(node, path, "not a valid multiaddr: it is empty")
         try:
             addr = multiaddr.Multiaddr(text)
-        except Exception as exc:  # the parser raises several unrelated types for bad input
+        except Exception as exc:  # noqa: BLE001 - the parser raises several unrelated types for bad input
             return ctx.report(node, path, f"not a valid multiaddr: {_shorten(str(exc))}")
         if not peer_id:
             return text
@@ -124,7 +124,7 @@ def _multiaddr(*, peer_id: bool) -> _yp.Checker:
         peer = addr.value_for_protocol("p2p")
         try:
             ID.from_base58(peer)
-        except Exception as exc:  # base58 decoding raises ValueError, KeyError, ...
+        except Exception as exc:  # noqa: BLE001 - base58 decoding raises ValueError, KeyError, ...
             return ctx.report(node, path, f"invalid peer id {peer!r}: {exc}")
         return text
 
@@ -161,7 +161,7 @@ def _key_file_problem(path: Path) -> str | None:
             load_identity(path)
         except OSError as exc:
             return f"cannot read {path}: {exc.strerror or exc}"
-        except Exception:  # key deserialisation raises assorted types for garbage
+        except Exception:  # noqa: BLE001 - key deserialisation raises assorted types for garbage
             return f"{path} is not a libp2p private key file"
         return None
     parent = path.parent
@@ -243,8 +243,11 @@ def _models_post(
     ctx: _yp.Ctx, entries: _Entries, values: dict[str, Any], path: str, line: int | None
 ) -> None:
     if values.get("allow") == ():
-        ctx.report(entries["allow"].value_node, _yp.join(path, "allow"),
-                   "empty list would serve no models; remove the key to serve every model")
+        ctx.report(
+            entries["allow"].value_node,
+            _yp.join(path, "allow"),
+            "empty list would serve no models; remove the key to serve every model",
+        )
 
 
 def _timeouts_post(
@@ -252,5 +255,8 @@ def _timeouts_post(
 ) -> None:
     first, total = values.get("first_token_sec"), values.get("total_sec")
     if first is not None and total is not None and first > total:
-        ctx.report(entries["first_token_sec"].value_node, _yp.join(path, "first_token_sec"),
-                   f"must not exceed total_sec ({total:g})")
+        ctx.report(
+            entries["first_token_sec"].value_node,
+            _yp.join(path, "first_token_sec"),
+            f"must not exceed total_sec ({total:g})",
+        )

@@ -73,9 +73,11 @@ def _check_document(
         keys = {k.value for k, _ in root.value if isinstance(k, yaml.ScalarNode)}
         kind = _detect_kind(keys)
         if kind is None:
-            why = ("has both node: and gateway: sections; a file configures one or the other"
-                   if {"node", "gateway"} <= keys else
-                   "cannot tell whether this is a node or a gateway config; add a node: or gateway: section")
+            why = (
+                "has both node: and gateway: sections; a file configures one or the other"
+                if {"node", "gateway"} <= keys
+                else "cannot tell whether this is a node or a gateway config; add a node: or gateway: section"
+            )
             ctx.report(_yp.line_of(root), "", why)
             return None, ctx.problems, None
 

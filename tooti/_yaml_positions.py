@@ -26,32 +26,32 @@ from typing import Any
 import yaml
 
 __all__ = [
-    "Entry",
-    "Duplicate",
-    "YamlSyntaxError",
-    "compose",
-    "describe",
-    "line_of",
-    "mapping_entries",
-    "is_merge_key",
-    "construct_scalar",
-    "Problem",
     "INVALID",
-    "Ctx",
     "Checker",
-    "PostHook",
+    "Ctx",
+    "Duplicate",
+    "Entry",
     "Field",
+    "PostHook",
+    "Problem",
     "Section",
-    "join",
+    "YamlSyntaxError",
     "check_section",
-    "is_null",
-    "type_error",
-    "string",
-    "nonempty_string",
+    "compose",
+    "construct_scalar",
+    "describe",
     "integer",
-    "positive_number",
-    "one_of",
+    "is_merge_key",
+    "is_null",
+    "join",
+    "line_of",
     "list_of",
+    "mapping_entries",
+    "nonempty_string",
+    "one_of",
+    "positive_number",
+    "string",
+    "type_error",
 ]
 
 _TAG = "tag:yaml.org,2002:"
@@ -292,8 +292,10 @@ def check_section(
                 f"duplicate key (first set on line {dup.first_line}); YAML would keep only this one",
             )
         for key_node in bad_keys:
-            why = "merge keys (<<) are not supported" if is_merge_key(key_node) else (
-                f"keys must be strings, got {describe(key_node)}"
+            why = (
+                "merge keys (<<) are not supported"
+                if is_merge_key(key_node)
+                else (f"keys must be strings, got {describe(key_node)}")
             )
             ctx.report(key_node, path, why)
 

@@ -19,7 +19,7 @@ import os
 import re
 import sys
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import trio
@@ -79,7 +79,7 @@ def _print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     cells = [list(headers)] + [[str(c) for c in row] for row in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
     for row in cells:
-        print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)).rstrip())
 
 
 def parse_duration(text: str) -> timedelta:
@@ -92,7 +92,7 @@ def parse_duration(text: str) -> timedelta:
 
 def _parse_day(text: str) -> datetime:
     try:
-        return datetime.strptime(text, "%Y-%m-%d").replace(tzinfo=timezone.utc)
+        return datetime.strptime(text, "%Y-%m-%d").replace(tzinfo=UTC)
     except ValueError:
         raise argparse.ArgumentTypeError(f"invalid date {text!r} (use YYYY-MM-DD)") from None
 
@@ -124,8 +124,13 @@ def _cmd_namespace_create(args: argparse.Namespace) -> int:
 def _cmd_namespace_list(args: argparse.Namespace) -> int:
     async def body(store: Store) -> int:
         rows = [
-            (ns.name, ns.owner or "-", ",".join(ns.allowed_peer_ids) or "-",
-             _fmt_time(ns.created_at), _fmt_time(ns.rotated_at))
+            (
+                ns.name,
+                ns.owner or "-",
+                ",".join(ns.allowed_peer_ids) or "-",
+                _fmt_time(ns.created_at),
+                _fmt_time(ns.rotated_at),
+            )
             for ns in await store.list_namespaces()
         ]
         _print_table(("NAME", "OWNER", "ALLOWED PEERS", "CREATED", "ROTATED"), rows)
@@ -162,7 +167,7 @@ def _cmd_namespace_delete(args: argparse.Namespace) -> int:
 def _cmd_apikey_create(args: argparse.Namespace) -> int:
     expires = None
     if args.expires_in is not None:
-        expires = datetime.now(timezone.utc) + args.expires_in
+        expires = datetime.now(UTC) + args.expires_in
 
     async def body(store: Store) -> int:
         key, plaintext = await store.create_api_key(
@@ -181,11 +186,17 @@ def _cmd_apikey_list(args: argparse.Namespace) -> int:
         rows = []
         for key in await store.list_api_keys():
             status = "revoked" if key.is_revoked() else "expired" if key.is_expired() else "active"
-            rows.append((
-                key.prefix, key.owner or "-", ",".join(key.namespaces) or "*",
-                ",".join(key.models) or "*", status, _fmt_time(key.created_at),
-                _fmt_time(key.expires_at),
-            ))
+            rows.append(
+                (
+                    key.prefix,
+                    key.owner or "-",
+                    ",".join(key.namespaces) or "*",
+                    ",".join(key.models) or "*",
+                    status,
+                    _fmt_time(key.created_at),
+                    _fmt_time(key.expires_at),
+                )
+            )
         headers = ("PREFIX", "OWNER", "NAMESPACES", "MODELS", "STATUS", "CREATED", "EXPIRES")
         _print_table(headers, rows)
         return 0
@@ -229,16 +240,20 @@ def _cmd_usage(args: argparse.Namespace) -> int:
         summary = await store.usage_summary(key_prefix=args.key, since=args.since)
         if args.json:
             out = [
-                {"key_prefix": s.key_prefix, "day": s.day.isoformat(), "model": s.model,
-                 "requests": s.requests, "prompt_tokens": s.prompt_tokens,
-                 "completion_tokens": s.completion_tokens}
+                {
+                    "key_prefix": s.key_prefix,
+                    "day": s.day.isoformat(),
+                    "model": s.model,
+                    "requests": s.requests,
+                    "prompt_tokens": s.prompt_tokens,
+                    "completion_tokens": s.completion_tokens,
+                }
                 for s in summary
             ]
             print(json.dumps(out, indent=2))
             return 0
         rows = [
-            (s.day.isoformat(), s.key_prefix, s.model, s.requests, s.prompt_tokens,
-             s.completion_tokens)
+            (s.day.isoformat(), s.key_prefix, s.model, s.requests, s.prompt_tokens, s.completion_tokens)
             for s in summary
         ]
         _print_table(("DAY", "KEY", "MODEL", "REQUESTS", "PROMPT", "COMPLETION"), rows)
@@ -273,10 +288,18 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p = leaf(ns, "create", _cmd_namespace_create, "create a namespace (prints its secret once)")
     p.add_argument("name")
     p.add_argument("--owner", default="")
-    p.add_argument("--secret-stdin", action="store_true",
-                   help="read a chosen secret from stdin instead of generating one")
-    p.add_argument("--allow-peer", action="append", default=[], metavar="PEER",
-                   help="peer id admitted without the secret (repeatable)")
+    p.add_argument(
+        "--secret-stdin",
+        action="store_true",
+        help="read a chosen secret from stdin instead of generating one",
+    )
+    p.add_argument(
+        "--allow-peer",
+        action="append",
+        default=[],
+        metavar="PEER",
+        help="peer id admitted without the secret (repeatable)",
+    )
     leaf(ns, "list", _cmd_namespace_list, "list namespaces (never shows secrets)")
     leaf(ns, "rotate", _cmd_namespace_rotate, "replace a namespace secret").add_argument("name")
     leaf(ns, "delete", _cmd_namespace_delete, "delete a namespace").add_argument("name")
@@ -284,12 +307,27 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     keys = group("apikey", "manage gateway API keys")
     p = leaf(keys, "create", _cmd_apikey_create, "create an API key (prints it once)")
     p.add_argument("--owner", default="")
-    p.add_argument("--namespace", action="append", default=[], metavar="N",
-                   help="restrict to this namespace (repeatable; default: all)")
-    p.add_argument("--model", action="append", default=[], metavar="M",
-                   help="restrict to this model (repeatable; default: all)")
-    p.add_argument("--expires-in", type=parse_duration, default=None, metavar="DURATION",
-                   help="lifetime such as 30d, 12h, 90m (default: never expires)")
+    p.add_argument(
+        "--namespace",
+        action="append",
+        default=[],
+        metavar="N",
+        help="restrict to this namespace (repeatable; default: all)",
+    )
+    p.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        metavar="M",
+        help="restrict to this model (repeatable; default: all)",
+    )
+    p.add_argument(
+        "--expires-in",
+        type=parse_duration,
+        default=None,
+        metavar="DURATION",
+        help="lifetime such as 30d, 12h, 90m (default: never expires)",
+    )
     leaf(keys, "list", _cmd_apikey_list, "list API keys (prefixes only)")
     leaf(keys, "revoke", _cmd_apikey_revoke, "revoke an API key").add_argument("prefix")
 

@@ -19,8 +19,11 @@ def _add_file(p: argparse.ArgumentParser, *, required: bool) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tooti", description="A peer-to-peer LLM inference network.")
-    parser.add_argument("--log-level", default=os.environ.get("TOOTI_LOG_LEVEL", "INFO"),
-                        help="DEBUG, INFO, WARNING or ERROR (env TOOTI_LOG_LEVEL)")
+    parser.add_argument(
+        "--log-level",
+        default=os.environ.get("TOOTI_LOG_LEVEL", "INFO"),
+        help="DEBUG, INFO, WARNING or ERROR (env TOOTI_LOG_LEVEL)",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("config-check", help="validate a node or gateway YAML file")
@@ -91,7 +94,7 @@ def _load(kind: str, path: str | None):  # type: ignore[no-untyped-def]
 
     try:
         if kind == "node":
-            return config.load_node_config(path)
+            return config.load_node_config(path or "node.yaml")
         return config.load_gateway_config(path) if path else config.GatewayConfig()
     except config.ConfigError as exc:
         print(f"invalid configuration:\n{exc}", file=sys.stderr)
@@ -112,12 +115,14 @@ def _cmd_node_start(args: argparse.Namespace) -> int:
             nursery.start_soon(_cancel_on_signals, nursery.cancel_scope)
             agent = await nursery.start(run_node, cfg)
             await agent.ready.wait()
-            print(f"tooti node ready: peer={agent.host.get_id()} models={','.join(sorted(agent.models))}",
-                  flush=True)
+            print(
+                f"tooti node ready: peer={agent.host.get_id()} models={','.join(sorted(agent.models))}",
+                flush=True,
+            )
 
     try:
         trio.run(_main)
-    except BaseException as exc:  # noqa: BLE001 - nurseries wrap errors in groups
+    except BaseException as exc:
         refused = _find(exc, NamespaceRefused)
         if refused is None:
             raise
@@ -146,8 +151,10 @@ def _cmd_gateway_start(args: argparse.Namespace) -> int:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_cancel_on_signals, nursery.cancel_scope)
             started = await nursery.start(serve_gateway, cfg)
-            print(f"tooti gateway ready: http={started.http_urls[0]} p2p={' '.join(started.p2p_addrs)}",
-                  flush=True)
+            print(
+                f"tooti gateway ready: http={started.http_urls[0]} p2p={' '.join(started.p2p_addrs)}",
+                flush=True,
+            )
 
     trio.run(_main)
     return 0

@@ -49,27 +49,27 @@ from tooti._config_file import ConfigKind, _check_document
 from tooti._yaml_positions import Problem
 
 __all__ = [
-    "ConfigKind",
-    "Problem",
-    "ConfigError",
-    "NodeConfig",
-    "NodeSection",
-    "NodeNetwork",
+    "DATABASE_URL_ENV",
     "BackendSection",
-    "ModelsSection",
-    "HeartbeatSection",
-    "TimeoutsSection",
-    "GatewayConfig",
-    "GatewaySection",
-    "GatewayNetwork",
+    "ConfigError",
+    "ConfigKind",
     "DatabaseSection",
+    "GatewayConfig",
+    "GatewayNetwork",
+    "GatewaySection",
+    "GatewayTimeouts",
+    "HeartbeatSection",
+    "ModelsSection",
+    "NodeConfig",
+    "NodeNetwork",
+    "NodeSection",
+    "Problem",
     "RegistrySection",
     "RoutingSection",
-    "GatewayTimeouts",
-    "DATABASE_URL_ENV",
-    "load_node_config",
-    "load_gateway_config",
+    "TimeoutsSection",
     "check_file",
+    "load_gateway_config",
+    "load_node_config",
     "run_check",
 ]
 
@@ -269,58 +269,118 @@ def _gateway_post(
 
 _SECONDS = _yp.Field(_yp.positive_number)
 
-_NODE_SCHEMA = _yp.Section(NodeConfig, {
-    "node": _yp.Field(required=True, section=_yp.Section(NodeSection, {
-        "name": _yp.Field(_yp.nonempty_string),
-        "identity_key_file": _yp.Field(_key_file, required=True),
-        "namespace": _yp.Field(_namespace),
-        "namespace_secret": _yp.Field(_secret),
-        "max_concurrency": _yp.Field(_yp.integer(1)),
-    })),
-    "network": _yp.Field(required=True, section=_yp.Section(NodeNetwork, {
-        "bootstrap": _yp.Field(_yp.list_of(_multiaddr(peer_id=True), min_items=1), required=True),
-        "listen": _yp.Field(_yp.list_of(_multiaddr(peer_id=False))),
-    })),
-    "backend": _yp.Field(required=True, section=_yp.Section(BackendSection, {
-        "type": _yp.Field(_yp.one_of("openai", "ollama", "loopback"), required=True),
-        "base_url": _yp.Field(_http_url),
-        "api_key": _yp.Field(_secret),
-    }, post=_backend_post)),
-    "models": _yp.Field(section=_yp.Section(ModelsSection, {
-        "allow": _yp.Field(_yp.list_of(_yp.nonempty_string), null_is_default=True),
-        "refresh_sec": _SECONDS,
-    }, post=_models_post)),
-    "heartbeat": _yp.Field(section=_yp.Section(HeartbeatSection, {"interval_sec": _SECONDS})),
-    "timeouts": _yp.Field(section=_yp.Section(TimeoutsSection, {
-        "connect_sec": _SECONDS,
-        "first_token_sec": _SECONDS,
-        "total_sec": _SECONDS,
-    }, post=_timeouts_post)),
-})
+_NODE_SCHEMA = _yp.Section(
+    NodeConfig,
+    {
+        "node": _yp.Field(
+            required=True,
+            section=_yp.Section(
+                NodeSection,
+                {
+                    "name": _yp.Field(_yp.nonempty_string),
+                    "identity_key_file": _yp.Field(_key_file, required=True),
+                    "namespace": _yp.Field(_namespace),
+                    "namespace_secret": _yp.Field(_secret),
+                    "max_concurrency": _yp.Field(_yp.integer(1)),
+                },
+            ),
+        ),
+        "network": _yp.Field(
+            required=True,
+            section=_yp.Section(
+                NodeNetwork,
+                {
+                    "bootstrap": _yp.Field(_yp.list_of(_multiaddr(peer_id=True), min_items=1), required=True),
+                    "listen": _yp.Field(_yp.list_of(_multiaddr(peer_id=False))),
+                },
+            ),
+        ),
+        "backend": _yp.Field(
+            required=True,
+            section=_yp.Section(
+                BackendSection,
+                {
+                    "type": _yp.Field(_yp.one_of("openai", "ollama", "loopback"), required=True),
+                    "base_url": _yp.Field(_http_url),
+                    "api_key": _yp.Field(_secret),
+                },
+                post=_backend_post,
+            ),
+        ),
+        "models": _yp.Field(
+            section=_yp.Section(
+                ModelsSection,
+                {
+                    "allow": _yp.Field(_yp.list_of(_yp.nonempty_string), null_is_default=True),
+                    "refresh_sec": _SECONDS,
+                },
+                post=_models_post,
+            )
+        ),
+        "heartbeat": _yp.Field(section=_yp.Section(HeartbeatSection, {"interval_sec": _SECONDS})),
+        "timeouts": _yp.Field(
+            section=_yp.Section(
+                TimeoutsSection,
+                {
+                    "connect_sec": _SECONDS,
+                    "first_token_sec": _SECONDS,
+                    "total_sec": _SECONDS,
+                },
+                post=_timeouts_post,
+            )
+        ),
+    },
+)
 
-_GATEWAY_SCHEMA = _yp.Section(GatewayConfig, {
-    "gateway": _yp.Field(section=_yp.Section(GatewaySection, {
-        "identity_key_file": _yp.Field(_key_file),
-        "http_listen": _yp.Field(_host_port),
-        "max_body_bytes": _yp.Field(_yp.integer(1024)),
-        "auth": _yp.Field(_yp.one_of("keys", "open")),
-        "id": _yp.Field(_yp.nonempty_string),
-    }, post=_gateway_section_post)),
-    "network": _yp.Field(section=_yp.Section(GatewayNetwork, {
-        "listen": _yp.Field(_yp.list_of(_multiaddr(peer_id=False))),
-        "bootstrap": _yp.Field(_yp.list_of(_multiaddr(peer_id=True))),
-        "announce": _yp.Field(_yp.list_of(_multiaddr(peer_id=False))),
-    })),
-    "database": _yp.Field(section=_yp.Section(DatabaseSection, {"url": _yp.Field(_database_url)})),
-    "registry": _yp.Field(section=_yp.Section(RegistrySection, {"heartbeat_ttl_sec": _SECONDS})),
-    "routing": _yp.Field(section=_yp.Section(RoutingSection, {
-        "max_attempts": _yp.Field(_yp.integer(1, 10)),
-    })),
-    "timeouts": _yp.Field(section=_yp.Section(GatewayTimeouts, {
-        "first_token_sec": _SECONDS,
-        "total_sec": _SECONDS,
-    }, post=_timeouts_post)),
-}, post=_gateway_post)
+_GATEWAY_SCHEMA = _yp.Section(
+    GatewayConfig,
+    {
+        "gateway": _yp.Field(
+            section=_yp.Section(
+                GatewaySection,
+                {
+                    "identity_key_file": _yp.Field(_key_file),
+                    "http_listen": _yp.Field(_host_port),
+                    "max_body_bytes": _yp.Field(_yp.integer(1024)),
+                    "auth": _yp.Field(_yp.one_of("keys", "open")),
+                    "id": _yp.Field(_yp.nonempty_string),
+                },
+                post=_gateway_section_post,
+            )
+        ),
+        "network": _yp.Field(
+            section=_yp.Section(
+                GatewayNetwork,
+                {
+                    "listen": _yp.Field(_yp.list_of(_multiaddr(peer_id=False))),
+                    "bootstrap": _yp.Field(_yp.list_of(_multiaddr(peer_id=True))),
+                    "announce": _yp.Field(_yp.list_of(_multiaddr(peer_id=False))),
+                },
+            )
+        ),
+        "database": _yp.Field(section=_yp.Section(DatabaseSection, {"url": _yp.Field(_database_url)})),
+        "registry": _yp.Field(section=_yp.Section(RegistrySection, {"heartbeat_ttl_sec": _SECONDS})),
+        "routing": _yp.Field(
+            section=_yp.Section(
+                RoutingSection,
+                {
+                    "max_attempts": _yp.Field(_yp.integer(1, 10)),
+                },
+            )
+        ),
+        "timeouts": _yp.Field(
+            section=_yp.Section(
+                GatewayTimeouts,
+                {
+                    "first_token_sec": _SECONDS,
+                    "total_sec": _SECONDS,
+                },
+                post=_timeouts_post,
+            )
+        ),
+    },
+    post=_gateway_post,
+)
 
 _SCHEMAS: dict[str, _yp.Section] = {"node": _NODE_SCHEMA, "gateway": _GATEWAY_SCHEMA}
 
@@ -399,7 +459,13 @@ def run_check(
     except OSError as exc:
         error = f"cannot read config file: {exc.strerror or exc}"
         if as_json:
-            report = {"file": path, "kind": kind, "valid": False, "problems": [], "error": error}
+            report: dict[str, object] = {
+                "file": path,
+                "kind": kind,
+                "valid": False,
+                "problems": [],
+                "error": error,
+            }
             print(json.dumps(report, indent=2), file=out)
         else:
             print(f"{path}: {error}", file=out)

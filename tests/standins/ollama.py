@@ -49,7 +49,7 @@ import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve as hypercorn_serve
 
-__all__ = ["DEFAULT_MODELS", "OllamaStandin", "serve", "main"]
+__all__ = ["DEFAULT_MODELS", "OllamaStandin", "main", "serve"]
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -59,7 +59,9 @@ DEFAULT_MODELS = ("llama3.2:latest", "nomic-embed-text:latest")
 _DEFAULT_DIMENSIONS = 8
 _MAX_BODY = 16 * 1024 * 1024
 # Options whose JSON type Ollama checks when it decodes them (others are ignored with a warning).
-_FLOAT_OPTIONS = frozenset({"temperature", "top_p", "min_p", "presence_penalty", "frequency_penalty", "repeat_penalty"})
+_FLOAT_OPTIONS = frozenset(
+    {"temperature", "top_p", "min_p", "presence_penalty", "frequency_penalty", "repeat_penalty"}
+)
 _INT_OPTIONS = frozenset({"seed", "num_predict", "top_k", "num_ctx", "repeat_last_n"})
 
 
@@ -75,7 +77,9 @@ class _HTTPError(Exception):
 class OllamaStandin:
     """The ASGI application. Its attributes are the recorded state the ``/_`` endpoints expose."""
 
-    def __init__(self, models: tuple[str, ...] | list[str] = DEFAULT_MODELS, *, api_key: str | None = None) -> None:
+    def __init__(
+        self, models: tuple[str, ...] | list[str] = DEFAULT_MODELS, *, api_key: str | None = None
+    ) -> None:
         self.models = [_full_name(m) for m in models]
         self.api_key = api_key
         self.last_request: Any = None
@@ -168,7 +172,9 @@ class OllamaStandin:
 
     # -- /api/chat -----------------------------------------------------------------------------
 
-    async def _chat(self, payload: dict[str, Any], headers: dict[str, str], receive: Receive, send: Send) -> None:
+    async def _chat(
+        self, payload: dict[str, Any], headers: dict[str, str], receive: Receive, send: Send
+    ) -> None:
         model = self._model(payload)
         messages = payload.get("messages") or []
         if not isinstance(messages, list):
@@ -194,14 +200,28 @@ class OllamaStandin:
             tokens, done_reason = _tokens(text, options)
             lines = [{**stamp, "message": {"role": "assistant", "content": t}} for t in tokens]
             eval_count = len(tokens)
-        final = {**stamp, "message": {"role": "assistant", "content": ""}, "done": True, "done_reason": done_reason}
+        final = {
+            **stamp,
+            "message": {"role": "assistant", "content": ""},
+            "done": True,
+            "done_reason": done_reason,
+        }
         await self._generation(
-            payload, headers, receive, send, lines, final, prompt_words=max(prompt_words, 1), eval_count=eval_count
+            payload,
+            headers,
+            receive,
+            send,
+            lines,
+            final,
+            prompt_words=max(prompt_words, 1),
+            eval_count=eval_count,
         )
 
     # -- /api/generate -------------------------------------------------------------------------
 
-    async def _generate(self, payload: dict[str, Any], headers: dict[str, str], receive: Receive, send: Send) -> None:
+    async def _generate(
+        self, payload: dict[str, Any], headers: dict[str, str], receive: Receive, send: Send
+    ) -> None:
         model = self._model(payload)
         prompt = payload.get("prompt") or ""
         if not isinstance(prompt, str):
@@ -318,7 +338,9 @@ class OllamaStandin:
 
     # -- /api/embed ----------------------------------------------------------------------------
 
-    async def _embed(self, payload: dict[str, Any], headers: dict[str, str], receive: Receive, send: Send) -> None:
+    async def _embed(
+        self, payload: dict[str, Any], headers: dict[str, str], receive: Receive, send: Send
+    ) -> None:
         started = time.monotonic_ns()
         model = self._model(payload)
         raw = payload.get("input")
@@ -373,7 +395,10 @@ def _vector(text: str, dimensions: int) -> list[float]:
 
 
 def _merge_messages(lines: list[dict[str, Any]], final: dict[str, Any]) -> dict[str, Any]:
-    message: dict[str, Any] = {"role": "assistant", "content": "".join(line["message"]["content"] for line in lines)}
+    message: dict[str, Any] = {
+        "role": "assistant",
+        "content": "".join(line["message"]["content"] for line in lines),
+    }
     calls = [call for line in lines for call in line["message"].get("tool_calls", [])]
     if calls:
         message["tool_calls"] = calls
@@ -426,7 +451,7 @@ def _full_name(model: str) -> str:
 
 
 def _now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat().replace("+00:00", "Z")
+    return datetime.datetime.now(datetime.UTC).isoformat().replace("+00:00", "Z")
 
 
 # -- ASGI plumbing -------------------------------------------------------------------------------
@@ -464,7 +489,9 @@ async def _read_body(receive: Receive) -> bytes:
 
 
 async def _start(send: Send, status: int, content_type: bytes) -> None:
-    await send({"type": "http.response.start", "status": status, "headers": [(b"content-type", content_type)]})
+    await send(
+        {"type": "http.response.start", "status": status, "headers": [(b"content-type", content_type)]}
+    )
 
 
 async def _body(send: Send, data: bytes, *, more: bool) -> None:
@@ -504,7 +531,9 @@ async def serve(
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m tests.standins.ollama", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.standins.ollama", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=11434)
     parser.add_argument("--model", action="append", help="a model to serve (repeatable)")

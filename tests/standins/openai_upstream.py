@@ -221,7 +221,11 @@ def _json_bytes(obj: Any) -> bytes:
 def _response(status: int, body: bytes, *, close: bool = False) -> bytes:
     """A whole HTTP/1.1 response with ``Content-Length`` (and ``Connection: close`` if ``close``)."""
     reason = _REASONS.get(status, "Status").encode()
-    head = b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n" % (status, reason, len(body))
+    head = b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n" % (
+        status,
+        reason,
+        len(body),
+    )
     if close:
         head += b"connection: close\r\n"
     return head + b"\r\n" + body
@@ -381,7 +385,11 @@ def _number(obj: dict[str, Any], key: str, default: float, *, integer: bool = Fa
     if key not in obj or obj[key] is None:
         return default
     value = obj[key]
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not isinstance(value, int)):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or (integer and not isinstance(value, int))
+    ):
         raise ValueError(f"x_fake.{key} must be a {'integer' if integer else 'number'}")
     if value < 0 or not math.isfinite(value):
         raise ValueError(f"x_fake.{key} must be >= 0")
@@ -405,7 +413,9 @@ def _plan(config: Config, path: str, body: dict[str, Any]) -> Plan:
     if fail not in (None, "before_head", "after_tokens"):
         raise ValueError("x_fake.fail must be 'before_head' or 'after_tokens'")
     status = fake.get("status")
-    if status is not None and (isinstance(status, bool) or not isinstance(status, int) or not 400 <= status <= 599):
+    if status is not None and (
+        isinstance(status, bool) or not isinstance(status, int) or not 400 <= status <= 599
+    ):
         raise ValueError("x_fake.status must be an integer in 400..599")
     options = body.get("stream_options")
     model = body.get("model")
@@ -459,10 +469,10 @@ class StreamTemplate:
         self.usage_null = b',"usage":null' if plan.include_usage else b""
         head = _json_bytes(self.base)[:-1]  # without the closing brace
         if chat:
-            self.prefix = b'data: ' + head + b',"choices":[{"index":0,"delta":{"content":"tok'
+            self.prefix = b"data: " + head + b',"choices":[{"index":0,"delta":{"content":"tok'
             self.suffix = b' "},"logprobs":null,"finish_reason":null}]' + self.usage_null + b"}\n\n"
         else:
-            self.prefix = b'data: ' + head + b',"choices":[{"index":0,"text":"tok'
+            self.prefix = b"data: " + head + b',"choices":[{"index":0,"text":"tok'
             self.suffix = b' ","logprobs":null,"finish_reason":null}]' + self.usage_null + b"}\n\n"
 
     def _event(self, choices: list[dict[str, Any]], *, usage: Any = ...) -> bytes:
@@ -588,13 +598,17 @@ class FakeUpstream:
 
     async def _json(self, conn: Connection, request: Request, status: int, obj: Any) -> bool:
         """Send ``obj`` as JSON with ``status``."""
-        return await self._send(conn, request, _response(status, _json_bytes(obj), close=not request.keep_alive))
+        return await self._send(
+            conn, request, _response(status, _json_bytes(obj), close=not request.keep_alive)
+        )
 
     async def _no_route(self, conn: Connection, request: Request) -> bool:
         """404 for an unknown path, 405 for a known path with the wrong method."""
         close = not request.keep_alive
         if any(path == request.path for _, path in self._routes):
-            return await self._send(conn, request, _error(405, f"method {request.method} not allowed", close=close))
+            return await self._send(
+                conn, request, _error(405, f"method {request.method} not allowed", close=close)
+            )
         return await self._send(conn, request, _error(404, f"unknown path {request.path}", close=close))
 
     async def _models(self, conn: Connection, request: Request) -> bool:
@@ -693,7 +707,9 @@ class FakeUpstream:
     async def _embeddings(self, conn: Connection, request: Request, body: dict[str, Any], plan: Plan) -> str:
         """POST /v1/embeddings (ttft_ms is slept before answering)."""
         items = body["input"]
-        if isinstance(items, str) or (isinstance(items, list) and items and all(isinstance(v, int) for v in items)):
+        if isinstance(items, str) or (
+            isinstance(items, list) and items and all(isinstance(v, int) for v in items)
+        ):
             items = [items]
         data = []
         b64 = body.get("encoding_format") == "base64"

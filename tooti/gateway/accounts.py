@@ -8,8 +8,8 @@ several); nothing about nodes is ever stored in it.
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timezone
-from typing import Any
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -21,6 +21,9 @@ from .auth import AuthError, KeyCache, check_scope
 from .errors import HTTPError
 from .ledger import Ledger
 from .run import Started, run_gateway
+
+if TYPE_CHECKING:
+    from trio_typing import TaskStatus  # the stubs mypy reads for trio (installed with libp2p)
 
 log = logging.getLogger("tooti.gateway")
 
@@ -53,12 +56,34 @@ class StoreAccounts:
         except AuthError as exc:
             raise HTTPError(exc.status, exc.message, code=exc.code) from None
 
-    def record(self, *, request_id: str, key: ApiKey | None, namespace: str, node_peer_id: str, model: str,
-               prompt_tokens: int, completion_tokens: int, latency_ms: int, status: int) -> None:
-        self.ledger.record(UsageRow(
-            request_id=request_id, at=datetime.now(timezone.utc), key_prefix=key.prefix if key else "",
-            namespace=namespace, node_peer_id=node_peer_id, model=model, prompt_tokens=prompt_tokens,
-            completion_tokens=completion_tokens, latency_ms=latency_ms, status=status, gateway_id=""))
+    def record(
+        self,
+        *,
+        request_id: str,
+        key: ApiKey | None,
+        namespace: str,
+        node_peer_id: str,
+        model: str,
+        prompt_tokens: int,
+        completion_tokens: int,
+        latency_ms: int,
+        status: int,
+    ) -> None:
+        self.ledger.record(
+            UsageRow(
+                request_id=request_id,
+                at=datetime.now(UTC),
+                key_prefix=key.prefix if key else "",
+                namespace=namespace,
+                node_peer_id=node_peer_id,
+                model=model,
+                prompt_tokens=prompt_tokens,
+                completion_tokens=completion_tokens,
+                latency_ms=latency_ms,
+                status=status,
+                gateway_id="",
+            )
+        )
 
     def health(self) -> dict[str, Any]:
         # The probe (namespace refresh) and the ledger's writes speak for the database; the key
@@ -66,18 +91,33 @@ class StoreAccounts:
         ok = self.ledger.db_ok and self.namespaces_ok
         out: dict[str, Any] = {"ok": ok, "pending_usage_rows": self.ledger.pending}
         if not ok:
-            out["error"] = "database unavailable" + (f": {self.keys.last_error}" if self.keys.last_error else "")
+            out["error"] = "database unavailable" + (
+                f": {self.keys.last_error}" if self.keys.last_error else ""
+            )
         return out
 
     async def usage(self, key: ApiKey | None, since: datetime | None) -> list[dict[str, Any]]:
         try:
             rows = await self.store.usage_summary(key_prefix=key.prefix if key else None, since=since)
         except StoreUnavailable:
-            raise HTTPError(503, "the usage database is unavailable; retry shortly", code="service_unavailable",
-                            headers={"Retry-After": "2"}) from None
-        return [{"key": r.key_prefix, "day": str(r.day), "model": r.model, "requests": r.requests,
-                 "prompt_tokens": r.prompt_tokens, "completion_tokens": r.completion_tokens,
-                 "total_tokens": r.prompt_tokens + r.completion_tokens} for r in rows]
+            raise HTTPError(
+                503,
+                "the usage database is unavailable; retry shortly",
+                code="service_unavailable",
+                headers={"Retry-After": "2"},
+            ) from None
+        return [
+            {
+                "key": r.key_prefix,
+                "day": str(r.day),
+                "model": r.model,
+                "requests": r.requests,
+                "prompt_tokens": r.prompt_tokens,
+                "completion_tokens": r.completion_tokens,
+                "total_tokens": r.prompt_tokens + r.completion_tokens,
+            }
+            for r in rows
+        ]
 
     async def namespace_check(self, namespace: str) -> tuple[str, tuple[str, ...]] | None:
         # StoreUnavailable propagates: the control stream is reset and the node retries later,
@@ -102,8 +142,9 @@ class StoreAccounts:
             await trio.sleep(_NAMESPACE_REFRESH)
 
 
-async def serve_with_accounts(cfg: GatewayConfig, *,
-                              task_status: trio.TaskStatus[Started] = trio.TASK_STATUS_IGNORED) -> None:
+async def serve_with_accounts(
+    cfg: GatewayConfig, *, task_status: TaskStatus[Started] = trio.TASK_STATUS_IGNORED
+) -> None:
     store = await open_store(cfg.database.url)
     try:
         keys = KeyCache(store)
@@ -113,9 +154,15 @@ async def serve_with_accounts(cfg: GatewayConfig, *,
         async with trio.open_nursery() as nursery:
             await nursery.start(ledger.run)
             nursery.start_soon(accounts.refresh_namespaces)
-            started = await nursery.start(lambda task_status: run_gateway(
-                cfg, accounts=accounts, namespace_check=accounts.namespace_check,
-                known_namespaces=lambda: accounts.namespaces, task_status=task_status))
+            started = await nursery.start(
+                lambda task_status: run_gateway(
+                    cfg,
+                    accounts=accounts,
+                    namespace_check=accounts.namespace_check,
+                    known_namespaces=lambda: accounts.namespaces,
+                    task_status=task_status,
+                )
+            )
             task_status.started(started)
     finally:
         with trio.CancelScope(shield=True):

@@ -13,9 +13,9 @@ import logging
 import re
 import time
 import uuid
-from datetime import datetime, timezone
 from collections.abc import AsyncIterator
-from typing import Any, Protocol
+from datetime import UTC, datetime
+from typing import Any, Protocol, cast
 
 import trio
 from quart import Response, g, request
@@ -26,8 +26,8 @@ from tooti.wire import pb
 
 from .core import Gateway
 from .errors import HTTPError, error_body, sse_error_event
-from .relay import Exchange, NodeFailure
 from .registry import NodeEntry
+from .relay import Exchange, NodeFailure
 
 log = logging.getLogger("tooti.gateway")
 
@@ -42,7 +42,19 @@ class Accounts(Protocol):
     async def authenticate(self, authorization: str | None, x_api_key: str | None) -> Any: ...
     def scope(self, key: Any) -> set[str] | None: ...
     def check(self, key: Any, namespace: str, model: str) -> None: ...
-    def record(self, **row: Any) -> None: ...
+    def record(
+        self,
+        *,
+        request_id: str,
+        key: Any,
+        namespace: str,
+        node_peer_id: str,
+        model: str,
+        prompt_tokens: int,
+        completion_tokens: int,
+        latency_ms: int,
+        status: int,
+    ) -> None: ...
     def health(self) -> dict[str, Any]: ...
     async def usage(self, key: Any, since: datetime | None) -> list[dict[str, Any]]: ...
 
@@ -69,9 +81,11 @@ def create_app(gw: Gateway, *, max_body_bytes: int, accounts: Accounts | None = 
     @app.errorhandler(HTTPException)
     async def _werkzeug_error(exc: HTTPException) -> Response:
         status = exc.code or 500
-        message = {413: f"request body exceeds {max_body_bytes} bytes",
-                   404: f"no route {request.method} {request.path}",
-                   405: f"method {request.method} not allowed on {request.path}"}.get(status, exc.description or "")
+        message = {
+            413: f"request body exceeds {max_body_bytes} bytes",
+            404: f"no route {request.method} {request.path}",
+            405: f"method {request.method} not allowed on {request.path}",
+        }.get(status, exc.description or "")
         return _error_response(HTTPError(status, message, code={413: "request_too_large"}.get(status)))
 
     @app.errorhandler(Exception)
@@ -82,8 +96,12 @@ def create_app(gw: Gateway, *, max_body_bytes: int, accounts: Accounts | None = 
     @app.get("/healthz")
     async def healthz() -> Response:
         live = gw.registry.live()
-        body: dict[str, Any] = {"status": "ok", "peer_id": gw.peer_id, "nodes": len(live),
-                                "models": len(gw.registry.model_ids())}
+        body: dict[str, Any] = {
+            "status": "ok",
+            "peer_id": gw.peer_id,
+            "nodes": len(live),
+            "models": len(gw.registry.model_ids()),
+        }
         if accounts is not None:
             db = accounts.health()
             body["database"] = db
@@ -95,8 +113,10 @@ def create_app(gw: Gateway, *, max_body_bytes: int, accounts: Accounts | None = 
     async def list_models() -> Response:
         await _auth(accounts)
         now = int(time.time())
-        data = [{"id": mid, "object": "model", "created": now, "owned_by": owner}
-                for mid, owner in gw.registry.model_ids()]
+        data = [
+            {"id": mid, "object": "model", "created": now, "owned_by": owner}
+            for mid, owner in gw.registry.model_ids()
+        ]
         return _json({"object": "list", "data": data})
 
     @app.get("/v1/models/<path:model_id>")
@@ -111,36 +131,56 @@ def create_app(gw: Gateway, *, max_body_bytes: int, accounts: Accounts | None = 
     async def network_nodes() -> Response:
         await _auth(accounts)
         now = time.monotonic()
-        nodes = [{
-            "peer_id": e.peer_id, "name": e.name, "namespace": e.namespace, "models": sorted(e.models),
-            "capacity": e.capacity, "in_flight": e.load(), "healthy": e.healthy,
-            "ttft_ms": round(e.ttft_ms, 1), "tokens_per_s": round(e.tps, 1),
-            "rtt_ms": None if e.rtt_ms is None else round(e.rtt_ms, 2),
-            "last_heartbeat_s": round(now - e.last_seen, 2), "live": now - e.last_seen <= gw.registry.ttl,
-            "failures": e.failures, "version": e.version,
-        } for e in gw.registry.all()]
-        return _json({"object": "list", "gateway": gw.peer_id, "data": nodes,
-                      "heartbeats": {**gw.heartbeats, "rejected": gw.registry.rejected_heartbeats}})
+        nodes = [
+            {
+                "peer_id": e.peer_id,
+                "name": e.name,
+                "namespace": e.namespace,
+                "models": sorted(e.models),
+                "capacity": e.capacity,
+                "in_flight": e.load(),
+                "healthy": e.healthy,
+                "ttft_ms": round(e.ttft_ms, 1),
+                "tokens_per_s": round(e.tps, 1),
+                "rtt_ms": None if e.rtt_ms is None else round(e.rtt_ms, 2),
+                "last_heartbeat_s": round(now - e.last_seen, 2),
+                "live": now - e.last_seen <= gw.registry.ttl,
+                "failures": e.failures,
+                "version": e.version,
+            }
+            for e in gw.registry.all()
+        ]
+        return _json(
+            {
+                "object": "list",
+                "gateway": gw.peer_id,
+                "data": nodes,
+                "heartbeats": {**gw.heartbeats, "rejected": gw.registry.rejected_heartbeats},
+            }
+        )
 
     @app.get("/v1/usage")
     async def usage() -> Response:
         key = await _auth(accounts)
         if accounts is None:
-            raise HTTPError(404, "usage is recorded only when the gateway runs with API keys", code="not_found")
+            raise HTTPError(
+                404, "usage is recorded only when the gateway runs with API keys", code="not_found"
+            )
         since_arg = request.args.get("since")
         since = None
         if since_arg:
             try:
-                since = datetime.fromisoformat(since_arg).replace(tzinfo=timezone.utc)
+                since = datetime.fromisoformat(since_arg).replace(tzinfo=UTC)
             except ValueError:
-                raise HTTPError(400, "'since' must be a date, YYYY-MM-DD", code="invalid_request",
-                                param="since") from None
+                raise HTTPError(
+                    400, "'since' must be a date, YYYY-MM-DD", code="invalid_request", param="since"
+                ) from None
         return _json({"object": "list", "data": await accounts.usage(key, since)})
 
     async def infer(route: str) -> Response:
         started = time.perf_counter()
         key = await _auth(accounts)
-        raw = await request.get_data(cache=False)
+        raw = cast(bytes, await request.get_data(cache=False, as_text=False))
         try:
             body = json.loads(raw)
         except (ValueError, UnicodeDecodeError):
@@ -149,7 +189,9 @@ def create_app(gw: Gateway, *, max_body_bytes: int, accounts: Accounts | None = 
             raise HTTPError(400, "request body must be a JSON object", code="invalid_json")
         model_ref = body.get("model")
         if not isinstance(model_ref, str) or not model_ref:
-            raise HTTPError(400, "'model' is required and must be a string", code="invalid_request", param="model")
+            raise HTTPError(
+                400, "'model' is required and must be a string", code="invalid_request", param="model"
+            )
         stream = body.get("stream", False)
         if not isinstance(stream, bool):
             raise HTTPError(400, "'stream' must be a boolean", code="invalid_request", param="stream")
@@ -161,8 +203,9 @@ def create_app(gw: Gateway, *, max_body_bytes: int, accounts: Accounts | None = 
         scope = accounts.scope(key) if accounts is not None and key is not None else None
         tried: set[str] = set()
         while True:
-            ex, entry, ns, backend_model = await gw.dispatch(
-                _ROUTES[route], raw, model_ref, request_id=g.request_id, allowed_namespaces=scope, tried=tried)
+            ex, entry, ns, _backend_model = await gw.dispatch(
+                _ROUTES[route], raw, model_ref, request_id=g.request_id, allowed_namespaces=scope, tried=tried
+            )
             meta = _Meta(route, model_ref, ns, entry, key, started, g.request_id)
             if stream:
                 break
@@ -176,8 +219,12 @@ def create_app(gw: Gateway, *, max_body_bytes: int, accounts: Accounts | None = 
             response.headers["X-Tooti-Node"] = entry.peer_id
             return response
         headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "X-Tooti-Node": entry.peer_id}
-        return Response(_relay_stream(gw, ex, entry, meta, accounts), status=200,
-                        content_type="text/event-stream", headers=headers)
+        return Response(
+            _relay_stream(gw, ex, entry, meta, accounts),
+            status=200,
+            content_type="text/event-stream",
+            headers=headers,
+        )
 
     @app.post("/v1/chat/completions")
     async def chat() -> Response:
@@ -199,10 +246,18 @@ class _Retryable(Exception):
 
 
 class _Meta:
-    __slots__ = ("route", "model", "namespace", "entry", "key", "started", "request_id")
+    __slots__ = ("entry", "key", "model", "namespace", "request_id", "route", "started")
 
-    def __init__(self, route: str, model: str, namespace: str, entry: NodeEntry, key: Any,
-                 started: float, request_id: str) -> None:
+    def __init__(
+        self,
+        route: str,
+        model: str,
+        namespace: str,
+        entry: NodeEntry,
+        key: Any,
+        started: float,
+        request_id: str,
+    ) -> None:
         self.route, self.model, self.namespace, self.entry = route, model, namespace, entry
         self.key, self.started, self.request_id = key, started, request_id
 
@@ -218,13 +273,21 @@ def _record(accounts: Accounts | None, meta: _Meta, end: pb.ResponseEnd | None, 
         return
     usage = end.usage if end is not None and end.HasField("usage") else None
     accounts.record(
-        request_id=meta.request_id, key=meta.key, namespace=meta.namespace, node_peer_id=meta.entry.peer_id,
-        model=meta.model, prompt_tokens=usage.prompt_tokens if usage else 0,
+        request_id=meta.request_id,
+        key=meta.key,
+        namespace=meta.namespace,
+        node_peer_id=meta.entry.peer_id,
+        model=meta.model,
+        prompt_tokens=usage.prompt_tokens if usage else 0,
         completion_tokens=usage.completion_tokens if usage else 0,
-        latency_ms=int((time.perf_counter() - meta.started) * 1000), status=status)
+        latency_ms=int((time.perf_counter() - meta.started) * 1000),
+        status=status,
+    )
 
 
-async def _whole(gw: Gateway, ex: Exchange, entry: NodeEntry, meta: _Meta, accounts: Accounts | None) -> Response:
+async def _whole(
+    gw: Gateway, ex: Exchange, entry: NodeEntry, meta: _Meta, accounts: Accounts | None
+) -> Response:
     chunks: list[bytes] = []
     ok = False
     try:
@@ -243,11 +306,14 @@ async def _whole(gw: Gateway, ex: Exchange, entry: NodeEntry, meta: _Meta, accou
         _record(accounts, meta, end, end.error.status or 502)
         raise HTTPError(end.error.status or 502, end.error.message, code=end.error.code or None)
     _record(accounts, meta, end, ex.head.status)
-    return Response(b"".join(chunks), status=ex.head.status, content_type=ex.head.content_type or "application/json")
+    return Response(
+        b"".join(chunks), status=ex.head.status, content_type=ex.head.content_type or "application/json"
+    )
 
 
-async def _relay_stream(gw: Gateway, ex: Exchange, entry: NodeEntry, meta: _Meta,
-                        accounts: Accounts | None) -> AsyncIterator[bytes]:
+async def _relay_stream(
+    gw: Gateway, ex: Exchange, entry: NodeEntry, meta: _Meta, accounts: Accounts | None
+) -> AsyncIterator[bytes]:
     """Pass data frames through as they come; always finish with a valid SSE ending.
 
     If the node fails after the first byte there is no way to retry invisibly: the client

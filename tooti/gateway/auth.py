@@ -44,9 +44,7 @@ def check_scope(key: ApiKey, namespace: str, model: str) -> None:
     """Raise AuthError(403, "permission_denied") unless ``key`` may use
     ``model`` in ``namespace``."""
     if key.namespaces and namespace not in key.namespaces:
-        raise AuthError(
-            403, "permission_denied", f"This API key may not use namespace {namespace!r}."
-        )
+        raise AuthError(403, "permission_denied", f"This API key may not use namespace {namespace!r}.")
     if key.models and model not in key.models:
         raise AuthError(403, "permission_denied", f"This API key may not use model {model!r}.")
 
@@ -139,9 +137,7 @@ class KeyCache:
         else:
             self._entries.pop(hashlib.sha256(plaintext.encode()).digest(), None)
 
-    async def authenticate(
-        self, headers_authorization: str | None, x_api_key: str | None
-    ) -> ApiKey:
+    async def authenticate(self, headers_authorization: str | None, x_api_key: str | None) -> ApiKey:
         """Return the verified, usable key from the request headers.
 
         Accepts ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``.

@@ -17,8 +17,8 @@ from collections.abc import Awaitable, Callable
 import trio
 from libp2p.abc import IHost, INetStream
 from libp2p.custom_types import TProtocol
-from libp2p.peer.id import ID
 from libp2p.network.stream.exceptions import StreamError
+from libp2p.peer.id import ID
 
 from tooti.p2p.framing import FrameError, FrameReader, encode
 from tooti.p2p.host import peer_of
@@ -84,19 +84,38 @@ class Gateway:
         if reason:
             self.refused_nodes += 1
             log.warning("refused node %s: %s", peer, reason)
-            await stream.write(encode(pb.GatewayControl(welcome=pb.Welcome(
-                accepted=False, reason=reason, gateway_peer_id=self.host.get_id().to_bytes()))))
+            await stream.write(
+                encode(
+                    pb.GatewayControl(
+                        welcome=pb.Welcome(
+                            accepted=False, reason=reason, gateway_peer_id=self.host.get_id().to_bytes()
+                        )
+                    )
+                )
+            )
             await stream.close()
             return
         namespace = ann.namespace
-        await stream.write(encode(pb.GatewayControl(welcome=pb.Welcome(
-            accepted=True, gateway_peer_id=self.host.get_id().to_bytes(),
-            gateways=sorted(self.other_gateways.values())))))
+        await stream.write(
+            encode(
+                pb.GatewayControl(
+                    welcome=pb.Welcome(
+                        accepted=True,
+                        gateway_peer_id=self.host.get_id().to_bytes(),
+                        gateways=sorted(self.other_gateways.values()),
+                    )
+                )
+            )
+        )
         self.registry.update(peer, ann)
         self._node_streams[peer] = stream
         self._bound[peer] = namespace
-        log.info("node %s joined (%s) serving %s", peer, namespace or "public",
-                 ", ".join(m.name for m in ann.models) or "nothing yet")
+        log.info(
+            "node %s joined (%s) serving %s",
+            peer,
+            namespace or "public",
+            ", ".join(m.name for m in ann.models) or "nothing yet",
+        )
         try:
             while True:
                 frame = await reader.read_frame(pb.ControlFrame)
@@ -123,8 +142,9 @@ class Gateway:
                 self._bound.pop(peer, None)
             log.info("node %s left", peer)
 
-    async def _admission_problem(self, peer: str, ann: pb.Announcement, stream: INetStream,
-                                 reader: FrameReader) -> str | None:
+    async def _admission_problem(
+        self, peer: str, ann: pb.Announcement, stream: INetStream, reader: FrameReader
+    ) -> str | None:
         """Why this node may not join (None: it may). A namespace is granted to an allow-listed
         peer id, or to a node that answers a challenge with proof of the namespace's secret;
         the secret itself never crosses the network."""
@@ -142,15 +162,27 @@ class Gateway:
             challenge, key = proof.challenge_for(stored_hash)
         except ValueError:
             return f"namespace '{ann.namespace}' has no usable secret"
-        await stream.write(encode(pb.GatewayControl(challenge=pb.Challenge(
-            nonce=challenge.nonce, scheme=challenge.scheme, salt=challenge.salt,
-            time_cost=challenge.time_cost, memory_cost=challenge.memory_cost,
-            parallelism=challenge.parallelism, hash_len=challenge.hash_len))))
+        await stream.write(
+            encode(
+                pb.GatewayControl(
+                    challenge=pb.Challenge(
+                        nonce=challenge.nonce,
+                        scheme=challenge.scheme,
+                        salt=challenge.salt,
+                        time_cost=challenge.time_cost,
+                        memory_cost=challenge.memory_cost,
+                        parallelism=challenge.parallelism,
+                        hash_len=challenge.hash_len,
+                    )
+                )
+            )
+        )
         answer = await reader.read_frame(pb.ControlFrame)
         if answer is None or answer.WhichOneof("kind") != "proof":
             return "no proof of the namespace secret"
-        if not proof.check(key, challenge, ann.namespace, ann.peer_id, self.host.get_id().to_bytes(),
-                           answer.proof.mac):
+        if not proof.check(
+            key, challenge, ann.namespace, ann.peer_id, self.host.get_id().to_bytes(), answer.proof.mac
+        ):
             return f"not authorised for namespace '{ann.namespace}' (wrong secret)"
         return None
 
@@ -181,8 +213,11 @@ class Gateway:
     # stream whenever the list grows.
 
     def _info(self) -> pb.Welcome:
-        return pb.Welcome(accepted=True, gateway_peer_id=self.host.get_id().to_bytes(),
-                          gateways=sorted({*self.addrs, *self.other_gateways.values()}))
+        return pb.Welcome(
+            accepted=True,
+            gateway_peer_id=self.host.get_id().to_bytes(),
+            gateways=sorted({*self.addrs, *self.other_gateways.values()}),
+        )
 
     def _merge(self, info: pb.Welcome, verified_peer: str) -> None:
         if info.gateway_peer_id and info.gateway_peer_id != _peer_bytes(verified_peer):
@@ -197,10 +232,16 @@ class Gateway:
                 log.info("learned of gateway %s at %s", peer, addr)
                 self.other_gateways[peer] = addr
         if new:
-            update = encode(pb.GatewayControl(welcome=pb.Welcome(
-                accepted=True, gateway_peer_id=self.host.get_id().to_bytes(),
-                gateways=sorted(self.other_gateways.values()))))
-            for node_peer, stream in list(self._node_streams.items()):
+            update = encode(
+                pb.GatewayControl(
+                    welcome=pb.Welcome(
+                        accepted=True,
+                        gateway_peer_id=self.host.get_id().to_bytes(),
+                        gateways=sorted(self.other_gateways.values()),
+                    )
+                )
+            )
+            for _node_peer, stream in list(self._node_streams.items()):
                 trio.lowlevel.spawn_system_task(_send_quietly, stream, update)
 
     async def handle_peering(self, stream: INetStream) -> None:
@@ -234,7 +275,9 @@ class Gateway:
                         stream = await self.host.new_stream(info.peer_id, [protocols.PEERING])
                         try:
                             await stream.write(encode(self._info()))
-                            reply = await FrameReader(stream, max_frame=_CONTROL_MAX_FRAME).read_frame(pb.Welcome)
+                            reply = await FrameReader(stream, max_frame=_CONTROL_MAX_FRAME).read_frame(
+                                pb.Welcome
+                            )
                         finally:
                             await reset_quietly(stream)
                     if reply is not None:
@@ -299,8 +342,9 @@ class Gateway:
                 if now - e.last_seen > self.registry.ttl:
                     if e.peer_id not in silent:
                         silent.add(e.peer_id)
-                        log.warning("node %s missed heartbeats for %.1fs: not routable", e.peer_id,
-                                    now - e.last_seen)
+                        log.warning(
+                            "node %s missed heartbeats for %.1fs: not routable", e.peer_id, now - e.last_seen
+                        )
                 elif e.peer_id in silent:
                     silent.discard(e.peer_id)
                     log.info("node %s is back", e.peer_id)
@@ -340,11 +384,20 @@ class Gateway:
             raise HTTPError(403, f"this key may not use namespace '{namespace}'", code="permission_denied")
         candidates = self.registry.serving(model, scope)
         if not candidates:
-            raise HTTPError(404, f"The model '{model_ref}' does not exist or no node serves it",
-                            code="model_not_found", param="model")
+            raise HTTPError(
+                404,
+                f"The model '{model_ref}' does not exist or no node serves it",
+                code="model_not_found",
+                param="model",
+            )
         request = pb.InferenceRequest(
-            request_id=request_id or uuid.uuid4().hex, route=route, body=body, model=model,
-            deadline_unix_ms=int((time.time() + self.total_timeout) * 1000), want_usage=want_usage)
+            request_id=request_id or uuid.uuid4().hex,
+            route=route,  # type: ignore[arg-type]
+            body=body,
+            model=model,
+            deadline_unix_ms=int((time.time() + self.total_timeout) * 1000),
+            want_usage=want_usage,
+        )
         tried = set() if tried is None else tried
         busy = attempts = 0
         for _ in range(self.max_attempts):
@@ -355,14 +408,22 @@ class Gateway:
             tried.add(entry.peer_id)
             entry.local_in_flight += 1
             try:
-                ex = await start_exchange(self.pool, entry.peer_id, request,
-                                          first_byte_timeout=self.first_token_timeout,
-                                          idle_timeout=self.first_token_timeout)
+                ex = await start_exchange(
+                    self.pool,
+                    entry.peer_id,
+                    request,
+                    first_byte_timeout=self.first_token_timeout,
+                    idle_timeout=self.first_token_timeout,
+                )
             except NodeFailure as exc:
                 entry.local_in_flight -= 1
                 record_failure(entry)
-                log.warning("request %s: node %s failed before its first byte (%s); trying another",
-                            request.request_id, entry.peer_id, exc)
+                log.warning(
+                    "request %s: node %s failed before its first byte (%s); trying another",
+                    request.request_id,
+                    entry.peer_id,
+                    exc,
+                )
                 continue
             except trio.TooSlowError:
                 entry.local_in_flight -= 1
@@ -381,8 +442,12 @@ class Gateway:
                 raise error
             return ex, entry, entry.namespace, model
         if busy or not attempts:
-            raise HTTPError(503, f"every node serving '{model_ref}' is at capacity; retry shortly",
-                            code="no_capacity", headers={"Retry-After": "1"})
+            raise HTTPError(
+                503,
+                f"every node serving '{model_ref}' is at capacity; retry shortly",
+                code="no_capacity",
+                headers={"Retry-After": "1"},
+            )
         raise HTTPError(502, f"no node could serve '{model_ref}' (tried {len(tried)})", code="node_failure")
 
     async def finish(self, ex: Exchange, entry: NodeEntry, *, ok: bool) -> None:

@@ -22,8 +22,15 @@ _TYPES = {
 class HTTPError(Exception):
     """Raised anywhere in request handling; the app turns it into an OpenAI error response."""
 
-    def __init__(self, status: int, message: str, *, code: str | None = None,
-                 param: str | None = None, headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        code: str | None = None,
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
@@ -37,9 +44,17 @@ class HTTPError(Exception):
         return error_body(self.status, self.message, code=self.code, param=self.param)
 
 
-def error_body(status: int, message: str, *, code: str | None = None, param: str | None = None) -> dict[str, object]:
-    return {"error": {"message": message, "type": _TYPES.get(status, "server_error"),
-                      "param": param, "code": code}}
+def error_body(
+    status: int, message: str, *, code: str | None = None, param: str | None = None
+) -> dict[str, object]:
+    return {
+        "error": {
+            "message": message,
+            "type": _TYPES.get(status, "server_error"),
+            "param": param,
+            "code": code,
+        }
+    }
 
 
 def sse_error_event(status: int, message: str, code: str | None) -> bytes:

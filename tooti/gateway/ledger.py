@@ -14,12 +14,16 @@ import collections
 import dataclasses
 import itertools
 import logging
+from typing import TYPE_CHECKING
 
 import trio
 
 from ..store import Store, StoreUnavailable, UsageRow
 
 __all__ = ["Ledger"]
+
+if TYPE_CHECKING:
+    from trio_typing import TaskStatus  # the stubs mypy reads for trio (installed with libp2p)
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +104,7 @@ class Ledger:
             while self._queue:
                 await self._write_batch()
 
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Write batches until cancelled, then make a final bounded flush."""
         task_status.started()
         backoff = 0.0

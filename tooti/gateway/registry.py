@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Iterable
+from typing import Any
 
 from tooti.wire import pb
 
@@ -56,11 +57,19 @@ class Registry:
         entry = self._nodes.get(peer_id)
         if entry is not None and ann.seq and ann.seq <= entry.seq and now - entry.last_seen < self.ttl:
             return None
-        fields = dict(
-            name=ann.name, namespace=ann.namespace, models=frozenset(m.name for m in ann.models),
-            capacity=max(1, ann.capacity), in_flight=ann.in_flight, ttft_ms=ann.ttft_ms_ema,
-            tps=ann.decode_tps_ema, healthy=ann.backend_healthy, version=ann.version, seq=ann.seq,
-            last_seen=now, last_heartbeat_ms=ann.timestamp_ms,
+        fields: dict[str, Any] = dict(
+            name=ann.name,
+            namespace=ann.namespace,
+            models=frozenset(m.name for m in ann.models),
+            capacity=max(1, ann.capacity),
+            in_flight=ann.in_flight,
+            ttft_ms=ann.ttft_ms_ema,
+            tps=ann.decode_tps_ema,
+            healthy=ann.backend_healthy,
+            version=ann.version,
+            seq=ann.seq,
+            last_seen=now,
+            last_heartbeat_ms=ann.timestamp_ms,
         )
         if entry is None:
             entry = NodeEntry(peer_id=peer_id, **fields)
@@ -91,7 +100,8 @@ class Registry:
         """Live, healthy entries serving ``model``; only within ``namespaces`` when given
         (``""`` in that set stands for the public pool)."""
         return [
-            e for e in self.live()
+            e
+            for e in self.live()
             if e.healthy and model in e.models and (namespaces is None or e.namespace in namespaces)
         ]
 

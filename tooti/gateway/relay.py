@@ -51,7 +51,7 @@ class _Reader(FrameReader):
             if not byte & 0x80:
                 if value > self._max or len(buf) - i - 1 < value:
                     return None
-                body = bytes(buf[i + 1: i + 1 + value])
+                body = bytes(buf[i + 1 : i + 1 + value])
                 del buf[: i + 1 + value]
                 return body
         return None
@@ -62,7 +62,7 @@ class NodeFailure(Exception):
 
 
 class _Conn:
-    __slots__ = ("stream", "reader", "fresh")
+    __slots__ = ("fresh", "reader", "stream")
 
     def __init__(self, stream: INetStream, fresh: bool) -> None:
         self.stream = stream
@@ -131,8 +131,9 @@ class Exchange:
     cancels the backend request on the node).
     """
 
-    def __init__(self, pool: StreamPool, peer_id: str, conn: _Conn, head: pb.ResponseHead,
-                 idle_timeout: float) -> None:
+    def __init__(
+        self, pool: StreamPool, peer_id: str, conn: _Conn, head: pb.ResponseHead, idle_timeout: float
+    ) -> None:
         self.pool = pool
         self.peer_id = peer_id
         self._conn = conn
@@ -197,8 +198,14 @@ def _coalesce(first: bytes, raw: bytes | None, reader: _Reader) -> tuple[bytes, 
     return b"".join(parts), None
 
 
-async def start_exchange(pool: StreamPool, peer_id: str, request: pb.InferenceRequest, *,
-                         first_byte_timeout: float, idle_timeout: float) -> Exchange:
+async def start_exchange(
+    pool: StreamPool,
+    peer_id: str,
+    request: pb.InferenceRequest,
+    *,
+    first_byte_timeout: float,
+    idle_timeout: float,
+) -> Exchange:
     """Send ``request`` to ``peer_id`` and wait for the head frame.
 
     Raises NodeFailure when the node cannot be reached or breaks before its head (safe to

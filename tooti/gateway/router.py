@@ -42,8 +42,10 @@ def choose(candidates: list[NodeEntry], exclude: set[str], *, now: float | None 
     # default would starve it of the very requests that would measure it.
     ttfts = sorted(e.ttft_ms for e in pool if e.ttft_ms)
     tpss = sorted(e.tps for e in pool if e.tps)
-    defaults = {"ttft_default": ttfts[len(ttfts) // 2] if ttfts else 200.0,
-                "tps_default": tpss[len(tpss) // 2] if tpss else 20.0}
+    defaults = {
+        "ttft_default": ttfts[len(ttfts) // 2] if ttfts else 200.0,
+        "tps_default": tpss[len(tpss) // 2] if tpss else 20.0,
+    }
     a, b = random.sample(pool, 2)
     return a if score(a, **defaults) <= score(b, **defaults) else b
 

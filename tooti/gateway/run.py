@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import trio
 from hypercorn.config import Config as HypercornConfig
@@ -19,6 +20,9 @@ from tooti.p2p.identity import load_or_create
 
 from .app import Accounts, create_app
 from .core import Gateway, NamespaceCheck
+
+if TYPE_CHECKING:
+    from trio_typing import TaskStatus  # the stubs mypy reads for trio (installed with libp2p)
 
 log = logging.getLogger("tooti.gateway")
 
@@ -38,16 +42,20 @@ async def run_gateway(
     accounts: Accounts | None = None,
     namespace_check: NamespaceCheck | None = None,
     known_namespaces: Callable[[], set[str]] = set,
-    task_status: trio.TaskStatus[Started] = trio.TASK_STATUS_IGNORED,
+    task_status: TaskStatus[Started] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run a gateway until cancelled. ``task_status.started`` gets a :class:`Started` once
     both the p2p host and the HTTP server listen."""
     key_pair = load_or_create(cfg.gateway.identity_key_file)
     host = build_host(key_pair)
     gw = Gateway(
-        host, ttl=cfg.registry.heartbeat_ttl_sec, max_attempts=cfg.routing.max_attempts,
-        first_token_timeout=cfg.timeouts.first_token_sec, total_timeout=cfg.timeouts.total_sec,
-        namespace_check=namespace_check, known_namespaces=known_namespaces,
+        host,
+        ttl=cfg.registry.heartbeat_ttl_sec,
+        max_attempts=cfg.routing.max_attempts,
+        first_token_timeout=cfg.timeouts.first_token_sec,
+        total_timeout=cfg.timeouts.total_sec,
+        namespace_check=namespace_check,
+        known_namespaces=known_namespaces,
     )
     host.set_stream_handler(protocols.CONTROL, guarded("control")(gw.handle_control))
     host.set_stream_handler(protocols.PEERING, guarded("peering")(gw.handle_peering))

@@ -8,6 +8,7 @@ PostgreSQL) or in ``open`` development mode (no keys, any namespace accepted).
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -15,13 +16,20 @@ from tooti.config import GatewayConfig
 
 from .run import Started, run_gateway
 
+if TYPE_CHECKING:
+    from trio_typing import TaskStatus  # the stubs mypy reads for trio (installed with libp2p)
+
 log = logging.getLogger("tooti.gateway")
 
 
-async def serve_gateway(cfg: GatewayConfig, *, task_status: trio.TaskStatus[Started] = trio.TASK_STATUS_IGNORED) -> None:
+async def serve_gateway(
+    cfg: GatewayConfig, *, task_status: TaskStatus[Started] = trio.TASK_STATUS_IGNORED
+) -> None:
     if cfg.gateway.auth == "open":
-        log.warning("OPEN DEVELOPMENT MODE: no API keys are checked and any namespace claim is "
-                    "accepted. Never expose this gateway to a network you do not control.")
+        log.warning(
+            "OPEN DEVELOPMENT MODE: no API keys are checked and any namespace claim is "
+            "accepted. Never expose this gateway to a network you do not control."
+        )
         await run_gateway(cfg, task_status=task_status)
         return
     from .accounts import serve_with_accounts

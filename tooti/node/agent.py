@@ -141,7 +141,9 @@ class NodeAgent:
 
     async def _refresh_loop(self) -> None:
         while True:
-            await trio.sleep(self._refresh_interval if self.backend_healthy else min(2.0, self._refresh_interval))
+            await trio.sleep(
+                self._refresh_interval if self.backend_healthy else min(2.0, self._refresh_interval)
+            )
             await self.refresh_models()
 
     async def _session_loop(self, addr: str, peer: str) -> None:
@@ -170,8 +172,13 @@ class NodeAgent:
             reader = FrameReader(stream)
             msg = await reader.read_frame(pb.GatewayControl)
             if msg is not None and msg.WhichOneof("kind") == "challenge":
-                await stream.write(encode(pb.ControlFrame(proof=pb.Proof(
-                    mac=await self._prove(msg.challenge, info.peer_id.to_bytes())))))
+                await stream.write(
+                    encode(
+                        pb.ControlFrame(
+                            proof=pb.Proof(mac=await self._prove(msg.challenge, info.peer_id.to_bytes()))
+                        )
+                    )
+                )
                 msg = await reader.read_frame(pb.GatewayControl)
             if msg is None or msg.WhichOneof("kind") != "welcome":
                 raise ConnectionError("gateway closed the control stream")

@@ -6,6 +6,7 @@ import logging
 import math
 import socket
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 import httpx
 import trio
@@ -23,6 +24,9 @@ from .backends import make_backend
 from .service import InferenceService
 from .stats import NodeStats
 
+if TYPE_CHECKING:
+    from trio_typing import TaskStatus  # the stubs mypy reads for trio (installed with libp2p)
+
 log = logging.getLogger("tooti.node")
 
 
@@ -35,7 +39,7 @@ async def _gateway_addrs(discovery: Discovery) -> list[str]:
     return out
 
 
-async def run_node(cfg: NodeConfig, *, task_status: trio.TaskStatus[NodeAgent] = trio.TASK_STATUS_IGNORED) -> None:
+async def run_node(cfg: NodeConfig, *, task_status: TaskStatus[NodeAgent] = trio.TASK_STATUS_IGNORED) -> None:
     """Run a node until cancelled. ``task_status.started`` hands back the agent once the host runs.
 
     Raises ``NamespaceRefused`` when a gateway rejects the node's namespace proof.
@@ -44,15 +48,22 @@ async def run_node(cfg: NodeConfig, *, task_status: trio.TaskStatus[NodeAgent] =
     host = build_host(key_pair)
     capacity = cfg.node.max_concurrency
     # One client for every backend call: a client per request triples time to first token.
-    timeout = httpx.Timeout(connect=cfg.timeouts.connect_sec, read=cfg.timeouts.first_token_sec,
-                            write=30.0, pool=cfg.timeouts.connect_sec)
+    timeout = httpx.Timeout(
+        connect=cfg.timeouts.connect_sec,
+        read=cfg.timeouts.first_token_sec,
+        write=30.0,
+        pool=cfg.timeouts.connect_sec,
+    )
     transport = ShardedTransport(capacity + 4)
     async with httpx.AsyncClient(timeout=timeout, transport=transport, trust_env=False) as client:
-        backend = make_backend(cfg.backend.type, client, base_url=cfg.backend.base_url or "",
-                               api_key=cfg.backend.api_key)
+        backend = make_backend(
+            cfg.backend.type, client, base_url=cfg.backend.base_url or "", api_key=cfg.backend.api_key
+        )
         stats = NodeStats(capacity=capacity)
         agent = NodeAgent(
-            host, backend, stats,
+            host,
+            backend,
+            stats,
             name=cfg.node.name or socket.gethostname(),
             namespace=cfg.node.namespace or "",
             namespace_secret=cfg.node.namespace_secret,
@@ -61,8 +72,13 @@ async def run_node(cfg: NodeConfig, *, task_status: trio.TaskStatus[NodeAgent] =
             heartbeat_interval=cfg.heartbeat.interval_sec,
             refresh_interval=cfg.models.refresh_sec,
         )
-        service = InferenceService(backend, stats, models=lambda: agent.models,
-                                   allowed_peer=agent.is_gateway, default_timeout=cfg.timeouts.total_sec)
+        service = InferenceService(
+            backend,
+            stats,
+            models=lambda: agent.models,
+            allowed_peer=agent.is_gateway,
+            default_timeout=cfg.timeouts.total_sec,
+        )
         host.set_stream_handler(protocols.INFERENCE, guarded("inference")(service.handle_stream))
         # Built before any connection exists: pubsub learns of peers from connection events.
         discovery = Discovery(host, role="node")
@@ -115,8 +131,12 @@ class ShardedTransport(httpx.AsyncBaseTransport):
         except BaseException:
             counts[i] -= 1
             raise
-        return httpx.Response(status_code=response.status_code, headers=response.headers,
-                              stream=_Counted(response.stream, counts, i), extensions=response.extensions)
+        return httpx.Response(
+            status_code=response.status_code,
+            headers=response.headers,
+            stream=_Counted(response.stream, counts, i),  # type: ignore[arg-type]  # async transport
+            extensions=response.extensions,
+        )
 
     async def aclose(self) -> None:
         for pool in self._pools:
@@ -126,7 +146,7 @@ class ShardedTransport(httpx.AsyncBaseTransport):
 class _Counted(httpx.AsyncByteStream):
     """A response body that takes its request out of its pool's in-flight count when closed."""
 
-    __slots__ = ("_inner", "_counts", "_index", "_open")
+    __slots__ = ("_counts", "_index", "_inner", "_open")
 
     def __init__(self, inner: httpx.AsyncByteStream, counts: list[int], index: int) -> None:
         self._inner, self._counts, self._index, self._open = inner, counts, index, True

@@ -32,7 +32,9 @@ from .stats import NodeStats
 log = logging.getLogger("tooti.node")
 
 _ROUTES: dict[int, RouteName] = {
-    pb.ROUTE_CHAT: "chat", pb.ROUTE_COMPLETIONS: "completions", pb.ROUTE_EMBEDDINGS: "embeddings",
+    pb.ROUTE_CHAT: "chat",
+    pb.ROUTE_COMPLETIONS: "completions",
+    pb.ROUTE_EMBEDDINGS: "embeddings",
 }
 
 
@@ -124,14 +126,21 @@ class InferenceService:
         except ValueError:
             await _fail(stream, 400, "invalid_json", "request body is not a JSON object")
             return
-        client_usage = bool((body.get("stream_options") or {}).get("include_usage")) if isinstance(
-            body.get("stream_options"), dict) else False
+        client_usage = (
+            bool((body.get("stream_options") or {}).get("include_usage"))
+            if isinstance(body.get("stream_options"), dict)
+            else False
+        )
         body["model"] = req.model
         if req.want_usage and body.get("stream"):
-            opts = body.get("stream_options") if isinstance(body.get("stream_options"), dict) else {}
+            opts: dict[str, object] = (
+                body["stream_options"] if isinstance(body.get("stream_options"), dict) else {}
+            )
             body["stream_options"] = {**opts, "include_usage": True}
 
-        deadline = req.deadline_unix_ms / 1000 if req.deadline_unix_ms else time.time() + self._default_timeout
+        deadline = (
+            req.deadline_unix_ms / 1000 if req.deadline_unix_ms else time.time() + self._default_timeout
+        )
         stats.in_flight += 1
         started = time.perf_counter()
         head_sent = False
@@ -139,8 +148,13 @@ class InferenceService:
         try:
             with trio.move_on_after(max(0.0, deadline - time.time())) as timer:
                 async with self._backend.open(Request(route, body, client_usage)) as reply:
-                    await stream.write(encode(pb.ResponseFrame(
-                        head=pb.ResponseHead(status=reply.status, content_type=reply.content_type))))
+                    await stream.write(
+                        encode(
+                            pb.ResponseFrame(
+                                head=pb.ResponseHead(status=reply.status, content_type=reply.content_type)
+                            )
+                        )
+                    )
                     head_sent = True
                     async for block in reply.blocks:
                         if first_at is None:
@@ -149,7 +163,9 @@ class InferenceService:
                     usage = reply.usage
             if timer.cancelled_caught:
                 stats.failed += 1
-                await _fail(stream, 504, "deadline_exceeded", "the request's deadline passed", head=not head_sent)
+                await _fail(
+                    stream, 504, "deadline_exceeded", "the request's deadline passed", head=not head_sent
+                )
                 return
         except BackendError as exc:
             stats.failed += 1
@@ -161,19 +177,24 @@ class InferenceService:
         stats.served += 1
         end = pb.ResponseEnd()
         if usage is not None:
-            end.usage.CopyFrom(pb.Usage(prompt_tokens=usage.prompt_tokens,
-                                        completion_tokens=usage.completion_tokens,
-                                        total_tokens=usage.total_tokens))
+            end.usage.CopyFrom(
+                pb.Usage(
+                    prompt_tokens=usage.prompt_tokens,
+                    completion_tokens=usage.completion_tokens,
+                    total_tokens=usage.total_tokens,
+                )
+            )
             if first_at is not None and body.get("stream"):
-                stats.observe((first_at - started) * 1000, usage.completion_tokens,
-                              time.perf_counter() - first_at)
+                stats.observe(
+                    (first_at - started) * 1000, usage.completion_tokens, time.perf_counter() - first_at
+                )
         await stream.write(encode(pb.ResponseFrame(end=end)))
 
 
 class _Exchange:
     """The one exchange a stream may have open at a time."""
 
-    __slots__ = ("scope", "open")
+    __slots__ = ("open", "scope")
 
     def __init__(self) -> None:
         self.scope = trio.CancelScope()
@@ -184,8 +205,12 @@ async def _fail(stream: INetStream, status: int, code: str, message: str, *, hea
     """End the exchange with an error: a head (when none was sent yet) and an end frame."""
     frames = b""
     if head:
-        frames += encode(pb.ResponseFrame(head=pb.ResponseHead(status=status, content_type="application/json")))
-    frames += encode(pb.ResponseFrame(end=pb.ResponseEnd(error=pb.Error(status=status, code=code, message=message))))
+        frames += encode(
+            pb.ResponseFrame(head=pb.ResponseHead(status=status, content_type="application/json"))
+        )
+    frames += encode(
+        pb.ResponseFrame(end=pb.ResponseEnd(error=pb.Error(status=status, code=code, message=message)))
+    )
     await stream.write(frames)
 
 

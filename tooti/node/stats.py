@@ -26,9 +26,15 @@ class NodeStats:
 
     def observe(self, ttft_ms: float | None, tokens: int, decode_s: float) -> None:
         if ttft_ms is not None:
-            self.ttft_ms_ema = ttft_ms if not self.ttft_ms_ema else (
-                self._ALPHA * ttft_ms + (1 - self._ALPHA) * self.ttft_ms_ema)
+            self.ttft_ms_ema = (
+                ttft_ms
+                if not self.ttft_ms_ema
+                else (self._ALPHA * ttft_ms + (1 - self._ALPHA) * self.ttft_ms_ema)
+            )
         if tokens > 1 and decode_s > 0:
             tps = (tokens - 1) / decode_s
-            self.decode_tps_ema = tps if not self.decode_tps_ema else (
-                self._ALPHA * tps + (1 - self._ALPHA) * self.decode_tps_ema)
+            self.decode_tps_ema = (
+                tps
+                if not self.decode_tps_ema
+                else (self._ALPHA * tps + (1 - self._ALPHA) * self.decode_tps_ema)
+            )

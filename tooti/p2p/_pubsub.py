@@ -129,8 +129,9 @@ def parse_gateway(msg: rpc_pb2.Message) -> list[str] | None:
     return list(welcome.gateways)
 
 
-def counting_validator(parse: Callable[[rpc_pb2.Message], object | None],
-                       on_reject: Callable[[], None]) -> Validator:
+def counting_validator(
+    parse: Callable[[rpc_pb2.Message], object | None], on_reject: Callable[[], None]
+) -> Validator:
     """A sync topic validator accepting messages that ``parse`` turns into a value.
 
     Pubsub calls it before delivering or forwarding a message (and on our own publishes).
@@ -141,13 +142,12 @@ def counting_validator(parse: Callable[[rpc_pb2.Message], object | None],
     def validate(forwarder: ID, msg: rpc_pb2.Message) -> bool:
         try:
             ok = parse(msg) is not None
-        except Exception:  # noqa: BLE001 - the boundary described above
+        except Exception:
             log.warning("validator failed on a message from %s", _safe_id(msg), exc_info=True)
             ok = False
         if not ok:
             on_reject()
-            log.debug("rejected message on %s from %s via %s", list(msg.topicIDs),
-                      _safe_id(msg), forwarder)
+            log.debug("rejected message on %s from %s via %s", list(msg.topicIDs), _safe_id(msg), forwarder)
         return ok
 
     return validate

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import trio
 from libp2p.abc import IHost
@@ -40,6 +40,9 @@ from tooti.p2p.protocols import GATEWAYS_TOPIC, HEARTBEAT_TOPIC
 from tooti.wire import pb
 
 __all__ = ["Discovery"]
+
+if TYPE_CHECKING:
+    from trio_typing import TaskStatus  # the stubs mypy reads for trio (installed with libp2p)
 
 log = logging.getLogger("tooti.p2p.discovery")
 
@@ -68,8 +71,9 @@ class Discovery:
     #: once per distinct message, including our own publishes.
     rejected: int
 
-    def __init__(self, host: IHost, *, role: Literal["gateway", "node"],
-                 heartbeat_rate_limit: float = 1000.0) -> None:
+    def __init__(
+        self, host: IHost, *, role: Literal["gateway", "node"], heartbeat_rate_limit: float = 1000.0
+    ) -> None:
         """``heartbeat_rate_limit``: messages/s a single forwarding peer may send us per
         topic. It must exceed the network's total heartbeat rate (a gateway relays all
         of them); the default leaves 5x headroom over 200 nodes at 1 Hz."""
@@ -89,7 +93,7 @@ class Discovery:
 
     # -- lifecycle ---------------------------------------------------------------------
 
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run pubsub, gossipsub and the DHT until cancelled.
 
         Reports started (``nursery.start``) once this host's subscriptions are in place;
@@ -100,14 +104,18 @@ class Discovery:
             raise RuntimeError("Discovery.run() can only be called once")
         self._started = True
         await _turn_off_auto_connector(self._host)
-        async with background_trio_service(self._pubsub), \
-                background_trio_service(self._router), \
-                background_trio_service(self._dht):
+        async with (
+            background_trio_service(self._pubsub),
+            background_trio_service(self._router),
+            background_trio_service(self._dht),
+        ):
             await self._pubsub.wait_until_ready()
             # Validators go in before the subscriptions, so no message is ever delivered
             # or forwarded unchecked. Nodes validate too: they forward gateway announcements.
-            for topic, parse in ((HEARTBEAT_TOPIC, _pubsub.parse_heartbeat),
-                                 (GATEWAYS_TOPIC, _pubsub.parse_gateway)):
+            for topic, parse in (
+                (HEARTBEAT_TOPIC, _pubsub.parse_heartbeat),
+                (GATEWAYS_TOPIC, _pubsub.parse_gateway),
+            ):
                 validator = _pubsub.counting_validator(parse, self._count_reject)
                 self._pubsub.set_topic_validator(topic, validator, False)
             _pubsub.use_subscription_buffer()
@@ -214,21 +222,21 @@ class Discovery:
         self._check_running()
         try:
             await self._dht.provide(_dht.GATEWAYS_KEY)
-        except Exception:  # noqa: BLE001 - see provide_models
+        except Exception:
             log.warning("DHT provide of the gateway key failed", exc_info=True)
 
-    async def find_gateways(self, *, timeout: float = 2.0) -> list[PeerInfo]:
+    async def find_gateways(self, *, timeout: float = 2.0) -> list[PeerInfo]:  # noqa: ASYNC109
         """Every gateway the DHT knows of (with addresses), this host excluded."""
         self._check_running()
         found: list[PeerInfo] = []
         with trio.move_on_after(timeout):
             try:
                 found = await self._dht.find_providers(_dht.GATEWAYS_KEY)
-            except Exception:  # noqa: BLE001 - a failed lookup is an empty answer
+            except Exception:
                 log.warning("DHT lookup for gateways failed", exc_info=True)
         return [p for p in _dht.dedupe(found) if p.peer_id != self._me and p.addrs]
 
-    async def find_providers(self, model: str, *, timeout: float = 2.0) -> list[PeerInfo]:
+    async def find_providers(self, model: str, *, timeout: float = 2.0) -> list[PeerInfo]:  # noqa: ASYNC109
         """Peers advertising ``model`` (possibly including this host), one entry per peer.
 
         Returns what was found within ``timeout`` seconds, ``[]`` on timeout or error.
@@ -241,7 +249,7 @@ class Discovery:
         with trio.move_on_after(timeout):
             try:
                 found = await self._dht.find_providers(_dht.model_key(model))
-            except Exception:  # noqa: BLE001 - a failed lookup is an empty answer
+            except Exception:
                 log.warning("DHT lookup for %r failed", model, exc_info=True)
         return _dht.dedupe(found)
 
@@ -266,13 +274,14 @@ class Discovery:
         if self._pubsub.peer_topics.get(topic):
             return
         with trio.move_on_after(SUBSCRIBER_WAIT):
-            while not self._pubsub.peer_topics.get(topic):
+            while not self._pubsub.peer_topics.get(topic):  # noqa: ASYNC110 - no event exists
                 await trio.sleep(_SUBSCRIBER_POLL)
         if not self._pubsub.peer_topics.get(topic):
             log.debug("publishing on %s with no subscriber known yet", topic)
 
-    async def _drain(self, subscription: TrioSubscriptionAPI,
-                     deliver: Callable[[rpc_pb2.Message], None]) -> None:
+    async def _drain(
+        self, subscription: TrioSubscriptionAPI, deliver: Callable[[rpc_pb2.Message], None]
+    ) -> None:
         # A subscription that is not drained fills up and pubsub drops new messages.
         async for msg in subscription:
             if msg.from_id == self._me_bytes:
@@ -292,7 +301,7 @@ class Discovery:
     async def _provide_one(self, name: str) -> None:
         try:
             reached = await self._dht.provide(_dht.model_key(name))
-        except Exception:  # noqa: BLE001 - see provide_models
+        except Exception:
             log.warning("DHT provide for %r failed", name, exc_info=True)
             return
         # False only means no other DHT server took the record yet (e.g. the first
@@ -304,7 +313,7 @@ def _call_each(callbacks: list[Callable[..., None]], *args: object) -> None:
     for callback in callbacks:
         try:
             callback(*args)
-        except Exception:  # noqa: BLE001 - one broken callback must not stop delivery
+        except Exception:
             log.exception("discovery callback %r failed", callback)
 
 

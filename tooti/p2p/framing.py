@@ -55,7 +55,7 @@ class FrameReader:
     Exceptions from the underlying stream (reset, closed) propagate unchanged.
     """
 
-    __slots__ = ("_stream", "_buf", "_max", "_eof")
+    __slots__ = ("_buf", "_eof", "_max", "_stream")
 
     def __init__(self, stream: ByteStream, *, max_frame: int = DEFAULT_MAX_FRAME) -> None:
         self._stream = stream

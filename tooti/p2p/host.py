@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import libp2p
 import libp2p.network.swarm as _swarm
@@ -23,6 +24,7 @@ import trio
 from libp2p.abc import IHost, INetStream
 from libp2p.crypto.keys import KeyPair
 from libp2p.crypto.x25519 import create_new_key_pair as _new_x25519
+from libp2p.custom_types import TProtocol
 from libp2p.network.config import ConnectionConfig
 from libp2p.peer.id import ID
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
@@ -62,7 +64,7 @@ def build_host(key_pair: KeyPair) -> IHost:
     host = libp2p.new_host(
         key_pair=key_pair,
         sec_opt={NOISE_PROTOCOL_ID: noise},
-        muxer_opt={YAMUX_PROTOCOL_ID: Yamux},
+        muxer_opt={TProtocol(YAMUX_PROTOCOL_ID): Yamux},
         connection_config=ConnectionConfig(
             max_connections_per_peer=1,
             min_connections=0,
@@ -106,7 +108,7 @@ def peer_of(stream: INetStream) -> ID:
 
 def raise_stream_cap(stream: INetStream) -> None:
     """Lift yamux's 256 outbound-stream cap on the connection under ``stream`` (see STREAM_CAP)."""
-    conn = stream.muxed_conn
+    conn: Any = stream.muxed_conn  # a Yamux connection; the ABC does not declare the cap
     sem = getattr(conn, "stream_backlog_semaphore", None)
     limit = getattr(conn, "stream_backlog_limit", None)
     if sem is None or limit is None or limit >= STREAM_CAP:
@@ -133,11 +135,12 @@ def guarded(name: str) -> Callable[[StreamHandler], StreamHandler]:
                 await handler(stream)
             except trio.Cancelled:
                 raise
-            except BaseException as exc:  # noqa: BLE001 - this is the boundary
+            except BaseException as exc:
                 if isinstance(exc, (KeyboardInterrupt, SystemExit)):
                     raise
-                log.warning("%s handler failed for peer %s: %s: %s", name,
-                            _safe_peer(stream), type(exc).__name__, exc)
+                log.warning(
+                    "%s handler failed for peer %s: %s: %s", name, _safe_peer(stream), type(exc).__name__, exc
+                )
                 with trio.CancelScope(shield=True), trio.move_on_after(1):
                     try:
                         await stream.reset()

@@ -51,7 +51,7 @@ def _open_backend(url: str) -> Backend:
     if url.startswith(_SQLITE):
         from ._sqlite import SQLiteBackend
 
-        path = url[len(_SQLITE):]
+        path = url[len(_SQLITE) :]
         if not path:
             raise ValueError(f"no file name in SQLite URL {url!r}")
         return SQLiteBackend(path)
@@ -61,9 +61,7 @@ def _open_backend(url: str) -> Backend:
         backend = PostgresBackend(url)
         backend.open()
         return backend
-    raise ValueError(
-        "unsupported database URL (expected sqlite:///PATH, postgres:// or postgresql://)"
-    )
+    raise ValueError("unsupported database URL (expected sqlite:///PATH, postgres:// or postgresql://)")
 
 
 async def open_store(url: str, *, migrate: bool = True) -> Store:

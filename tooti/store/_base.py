@@ -11,7 +11,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 from collections.abc import Callable, Sequence
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from typing import Any, Protocol, TypeVar
 
 __all__ = [
@@ -57,14 +57,14 @@ class NotFound(StoreError):
 
 def utcnow() -> datetime:
     """Current time as an aware UTC datetime (the only kind the store emits)."""
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def as_utc(dt: datetime) -> datetime:
     """Normalise ``dt`` to aware UTC; naive datetimes are taken to be UTC."""
     if dt.tzinfo is None:
-        return dt.replace(tzinfo=timezone.utc)
-    return dt.astimezone(timezone.utc)
+        return dt.replace(tzinfo=UTC)
+    return dt.astimezone(UTC)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -203,4 +203,3 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def close(self) -> None:
         """Release all connections.  Idempotent."""
-

@@ -96,9 +96,7 @@ class PostgresBackend(Backend):
             self._pool.open(wait=True, timeout=self._timeout)
         except PoolTimeout as exc:
             self._pool.close()
-            raise StoreUnavailable(
-                f"cannot connect to PostgreSQL within {self._timeout:g}s"
-            ) from exc
+            raise StoreUnavailable(f"cannot connect to PostgreSQL within {self._timeout:g}s") from exc
 
     def transaction(self, fn: Callable[[Any], T], *, write: bool = True) -> T:
         # ``write`` needs no special handling: MVCC, and migrations take an

@@ -41,9 +41,7 @@ _USAGE_COLUMNS = (
 
 def _check_name(name: str) -> None:
     if not _NAME_RE.match(name):
-        raise ValueError(
-            f"invalid namespace name {name!r}: use 1-64 letters, digits, '.', '_', '-'"
-        )
+        raise ValueError(f"invalid namespace name {name!r}: use 1-64 letters, digits, '.', '_', '-'")
 
 
 def _str_tuple(values: Sequence[str], what: str) -> tuple[str, ...]:
@@ -75,7 +73,7 @@ class Store:
 
     @property
     def engine(self) -> str:
-        """"sqlite" or "postgresql"."""
+        """ "sqlite" or "postgresql"."""
         return self._backend.engine
 
     async def _run(self, fn: Callable[[Tx], T], *, write: bool = True) -> T:
@@ -166,9 +164,7 @@ class Store:
 
     async def get_namespace(self, name: str) -> Namespace | None:
         rows = await self._run(
-            lambda tx: tx.query(
-                f"SELECT {_NS_COLUMNS} FROM namespaces WHERE name = ?", (name,)
-            ),
+            lambda tx: tx.query(f"SELECT {_NS_COLUMNS} FROM namespaces WHERE name = ?", (name,)),
             write=False,
         )
         return self._namespace(rows[0]) if rows else None
@@ -200,9 +196,7 @@ class Store:
 
     async def delete_namespace(self, name: str) -> bool:
         """Delete a namespace; return False if it did not exist."""
-        count = await self._run(
-            lambda tx: tx.execute("DELETE FROM namespaces WHERE name = ?", (name,))
-        )
+        count = await self._run(lambda tx: tx.execute("DELETE FROM namespaces WHERE name = ?", (name,)))
         return count > 0
 
     async def set_allowed_peers(self, name: str, peers: Sequence[str]) -> None:
@@ -297,7 +291,7 @@ class Store:
             )
             try:
                 await self._run(
-                    lambda tx: tx.execute(
+                    lambda tx, params=params: tx.execute(  # type: ignore[misc]
                         "INSERT INTO api_keys (prefix, key_hash, owner, namespaces, models,"
                         " expires_at, revoked_at, created_at)"
                         " VALUES (?, ?, ?, ?, ?, ?, NULL, ?)",
@@ -335,9 +329,7 @@ class Store:
 
     async def list_api_keys(self) -> list[ApiKey]:
         rows = await self._run(
-            lambda tx: tx.query(
-                f"SELECT {_KEY_COLUMNS} FROM api_keys ORDER BY created_at, prefix"
-            ),
+            lambda tx: tx.query(f"SELECT {_KEY_COLUMNS} FROM api_keys ORDER BY created_at, prefix"),
             write=False,
         )
         return [self._api_key(r) for r in rows]
@@ -363,9 +355,17 @@ class Store:
         to_db = self._backend.to_db_time
         params = [
             (
-                r.request_id, to_db(as_utc(r.at)), r.key_prefix, r.namespace,
-                r.node_peer_id, r.model, int(r.prompt_tokens),
-                int(r.completion_tokens), int(r.latency_ms), int(r.status), r.gateway_id,
+                r.request_id,
+                to_db(as_utc(r.at)),
+                r.key_prefix,
+                r.namespace,
+                r.node_peer_id,
+                r.model,
+                int(r.prompt_tokens),
+                int(r.completion_tokens),
+                int(r.latency_ms),
+                int(r.status),
+                r.gateway_id,
             )
             for r in rows
         ]
@@ -400,8 +400,7 @@ class Store:
         )
         rows = await self._run(lambda tx: tx.query(sql, params), write=False)
         return [
-            UsageSummary(p, date.fromisoformat(d), m, int(n), int(pt), int(ct))
-            for p, d, m, n, pt, ct in rows
+            UsageSummary(p, date.fromisoformat(d), m, int(n), int(pt), int(ct)) for p, d, m, n, pt, ct in rows
         ]
 
     async def count_usage(self) -> int:

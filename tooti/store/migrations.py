@@ -108,8 +108,7 @@ def apply(tx: Tx, backend: Backend) -> list[int]:
         for statement in migration.statements:
             tx.execute(statement.format(ts=ts))
         tx.execute(
-            "INSERT INTO schema_migrations (version, description, applied_at)"
-            " VALUES (?, ?, ?)",
+            "INSERT INTO schema_migrations (version, description, applied_at) VALUES (?, ?, ?)",
             (migration.version, migration.description, backend.to_db_time(utcnow())),
         )
         applied.append(migration.version)

@@ -41,7 +41,7 @@ def challenge_for(stored_hash: str) -> tuple[Challenge, bytes]:
     Raises ValueError for a hash in an unknown scheme."""
     nonce = os.urandom(32)
     if stored_hash.startswith("sha256$"):
-        return Challenge(nonce, "sha256"), bytes.fromhex(stored_hash[len("sha256$"):])
+        return Challenge(nonce, "sha256"), bytes.fromhex(stored_hash[len("sha256$") :])
     if stored_hash.startswith("$argon2id$"):
         # PHC string: $argon2id$v=19$m=65536,t=3,p=4$<salt b64>$<hash b64>
         _, _, _version, params, salt_b64, hash_b64 = stored_hash.split("$")
@@ -58,11 +58,17 @@ def key_for(secret: str, ch: Challenge) -> bytes:
         return hashlib.sha256(secret.encode()).digest()
     if ch.scheme == "argon2id":
         # Bounds keep a hostile "gateway" from making the node burn memory or time.
-        if not (1 <= ch.time_cost <= 16 and 8 <= ch.memory_cost <= 1 << 20 and 1 <= ch.parallelism <= 16
-                and 16 <= ch.hash_len <= 64 and 8 <= len(ch.salt) <= 64):
+        if not (
+            1 <= ch.time_cost <= 16
+            and 8 <= ch.memory_cost <= 1 << 20
+            and 1 <= ch.parallelism <= 16
+            and 16 <= ch.hash_len <= 64
+            and 8 <= len(ch.salt) <= 64
+        ):
             raise ValueError("argon2 parameters out of bounds")
-        return hash_secret_raw(secret.encode(), ch.salt, ch.time_cost, ch.memory_cost, ch.parallelism,
-                               ch.hash_len, Type.ID)
+        return hash_secret_raw(
+            secret.encode(), ch.salt, ch.time_cost, ch.memory_cost, ch.parallelism, ch.hash_len, Type.ID
+        )
     raise ValueError(f"unknown proof scheme {ch.scheme!r}")
 
 
@@ -71,7 +77,9 @@ def answer(key: bytes, ch: Challenge, namespace: str, node_peer: bytes, gateway_
     return hmac.new(key, msg, hashlib.sha256).digest()
 
 
-def check(key: bytes, ch: Challenge, namespace: str, node_peer: bytes, gateway_peer: bytes, mac: bytes) -> bool:
+def check(
+    key: bytes, ch: Challenge, namespace: str, node_peer: bytes, gateway_peer: bytes, mac: bytes
+) -> bool:
     return hmac.compare_digest(answer(key, ch, namespace, node_peer, gateway_peer), mac)
 
 

@@ -9,7 +9,9 @@ from .base import Backend, BackendError, Reply, Request, Usage
 __all__ = ["Backend", "BackendError", "Reply", "Request", "Usage", "make_backend"]
 
 
-def make_backend(kind: str, client: httpx.AsyncClient, *, base_url: str = "", api_key: str | None = None) -> Backend:
+def make_backend(
+    kind: str, client: httpx.AsyncClient, *, base_url: str = "", api_key: str | None = None
+) -> Backend:
     """The adapter for ``kind`` ("openai", "ollama" or "loopback") sharing ``client``."""
     if kind == "openai":
         from .openai import OpenAIBackend

@@ -53,7 +53,13 @@ class _StreamTranslator:
         raise NotImplementedError
 
     def _object(self, **fields: Any) -> dict[str, Any]:
-        return {"id": self._ident, "object": self.object, "created": self._created, "model": self._model, **fields}
+        return {
+            "id": self._ident,
+            "object": self.object,
+            "created": self._created,
+            "model": self._model,
+            **fields,
+        }
 
     @staticmethod
     def _event(obj: dict[str, Any]) -> bytes:
@@ -86,7 +92,9 @@ class _ChatChunks(_StreamTranslator):
         calls = message.get("tool_calls") or []
         if calls:
             first = self._tool_calls
-            delta["tool_calls"] = [_openai_tool_call(call, first + i, with_index=True) for i, call in enumerate(calls)]
+            delta["tool_calls"] = [
+                _openai_tool_call(call, first + i, with_index=True) for i, call in enumerate(calls)
+            ]
             self._tool_calls += len(calls)
         if delta:
             events.append(self._chunk(delta))
@@ -112,11 +120,17 @@ class _CompletionChunks(_StreamTranslator):
         return self._choice("", _finish_reason(obj))
 
 
-def _chat_completion(obj: dict[str, Any], ident: str, created: int, model: str) -> tuple[dict[str, Any], Usage]:
+def _chat_completion(
+    obj: dict[str, Any], ident: str, created: int, model: str
+) -> tuple[dict[str, Any], Usage]:
     ollama_message = obj.get("message") or {}
     calls = ollama_message.get("tool_calls") or []
     text = ollama_message.get("content") or ""
-    message: dict[str, Any] = {"role": "assistant", "content": text if text or not calls else None, "refusal": None}
+    message: dict[str, Any] = {
+        "role": "assistant",
+        "content": text if text or not calls else None,
+        "refusal": None,
+    }
     if ollama_message.get("thinking"):
         message["reasoning_content"] = ollama_message["thinking"]
     if calls:
@@ -140,7 +154,9 @@ def _chat_completion(obj: dict[str, Any], ident: str, created: int, model: str) 
     return document, usage
 
 
-def _text_completion(obj: dict[str, Any], ident: str, created: int, model: str) -> tuple[dict[str, Any], Usage]:
+def _text_completion(
+    obj: dict[str, Any], ident: str, created: int, model: str
+) -> tuple[dict[str, Any], Usage]:
     usage = _usage(obj)
     document = {
         "id": ident,
@@ -148,7 +164,12 @@ def _text_completion(obj: dict[str, Any], ident: str, created: int, model: str) 
         "created": created,
         "model": model,
         "choices": [
-            {"index": 0, "text": obj.get("response") or "", "logprobs": None, "finish_reason": _finish_reason(obj)}
+            {
+                "index": 0,
+                "text": obj.get("response") or "",
+                "logprobs": None,
+                "finish_reason": _finish_reason(obj),
+            }
         ],
         "usage": _usage_dict(usage),
     }
@@ -159,7 +180,9 @@ def _openai_tool_call(call: dict[str, Any], n: int, *, with_index: bool) -> dict
     function = call.get("function") or {}
     arguments = function.get("arguments")
     # OpenAI clients expect arguments as a JSON string; Ollama sends the object.
-    encoded = arguments if isinstance(arguments, str) else json.dumps(arguments if arguments is not None else {})
+    encoded = (
+        arguments if isinstance(arguments, str) else json.dumps(arguments if arguments is not None else {})
+    )
     out: dict[str, Any] = {
         "id": call.get("id") or f"call_{n}",
         "type": "function",

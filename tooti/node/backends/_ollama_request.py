@@ -157,7 +157,9 @@ def _messages(messages: Any) -> list[dict[str, Any]]:
                 if not isinstance(function, dict):
                     raise _BadRequest("a tool call needs a 'function'", f"messages[{i}].tool_calls[{j}]")
                 name = function.get("name")
-                arguments = _arguments(function.get("arguments"), f"messages[{i}].tool_calls[{j}].function.arguments")
+                arguments = _arguments(
+                    function.get("arguments"), f"messages[{i}].tool_calls[{j}].function.arguments"
+                )
                 converted["tool_calls"].append({"function": {"name": name, "arguments": arguments}})
                 if isinstance(call.get("id"), str) and isinstance(name, str):
                     names_by_id[call["id"]] = name

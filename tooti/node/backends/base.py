@@ -96,5 +96,5 @@ class Backend(abc.ABC):
         """Start the request. Leaving the context closes the backend request (cancelling it
         when the reply was not consumed)."""
 
-    async def aclose(self) -> None:
+    async def aclose(self) -> None:  # noqa: B027 - optional hook, not abstract
         """Release connections. Default: nothing to release."""

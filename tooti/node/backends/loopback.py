@@ -41,8 +41,16 @@ class LoopbackBackend(Backend):
             return
         prompt = _prompt_text(request)
         if prompt is None:
-            yield Reply(400, "application/json", single(error_body(
-                "loopback needs 'messages' (chat) or 'prompt' (completions)", type_="invalid_request_error")))
+            yield Reply(
+                400,
+                "application/json",
+                single(
+                    error_body(
+                        "loopback needs 'messages' (chat) or 'prompt' (completions)",
+                        type_="invalid_request_error",
+                    )
+                ),
+            )
             return
         words = prompt.split() or [""]
         limit = body.get("max_completion_tokens") or body.get("max_tokens")
@@ -53,7 +61,9 @@ class LoopbackBackend(Backend):
         if request.stream:
             yield Reply(200, "text/event-stream", _stream(request, model, words, finish, usage), usage)
         else:
-            yield Reply(200, "application/json", single(_whole(request, model, " ".join(words), finish, usage)), usage)
+            yield Reply(
+                200, "application/json", single(_whole(request, model, " ".join(words), finish, usage)), usage
+            )
 
 
 def _prompt_text(request: Request) -> str | None:
@@ -76,29 +86,46 @@ def _prompt_text(request: Request) -> str | None:
 
 
 def _usage_dict(u: Usage) -> dict[str, int]:
-    return {"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens,
-            "total_tokens": u.total_tokens}
+    return {
+        "prompt_tokens": u.prompt_tokens,
+        "completion_tokens": u.completion_tokens,
+        "total_tokens": u.total_tokens,
+    }
 
 
 def _whole(request: Request, model: str, text: str, finish: str, usage: Usage) -> bytes:
     now = int(time.time())
     if request.route == "chat":
         obj: dict[str, Any] = {
-            "id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": now, "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text, "refusal": None},
-                         "logprobs": None, "finish_reason": finish}],
+            "id": f"chatcmpl-{uuid.uuid4().hex}",
+            "object": "chat.completion",
+            "created": now,
+            "model": model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": text, "refusal": None},
+                    "logprobs": None,
+                    "finish_reason": finish,
+                }
+            ],
             "usage": _usage_dict(usage),
         }
     else:
         obj = {
-            "id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": now, "model": model,
+            "id": f"cmpl-{uuid.uuid4().hex}",
+            "object": "text_completion",
+            "created": now,
+            "model": model,
             "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}],
             "usage": _usage_dict(usage),
         }
     return json.dumps(obj).encode()
 
 
-async def _stream(request: Request, model: str, words: list[str], finish: str, usage: Usage) -> AsyncIterator[bytes]:
+async def _stream(
+    request: Request, model: str, words: list[str], finish: str, usage: Usage
+) -> AsyncIterator[bytes]:
     now = int(time.time())
     chat = request.route == "chat"
     cid = f"chatcmpl-{uuid.uuid4().hex}" if chat else f"cmpl-{uuid.uuid4().hex}"
@@ -121,8 +148,16 @@ async def _stream(request: Request, model: str, words: list[str], finish: str, u
         await trio.lowlevel.checkpoint()
     yield chunk(None if chat else "", finish)
     if request.client_usage:
-        yield sse({"id": cid, "object": obj_name, "created": now, "model": model, "choices": [],
-                   "usage": _usage_dict(usage)})
+        yield sse(
+            {
+                "id": cid,
+                "object": obj_name,
+                "created": now,
+                "model": model,
+                "choices": [],
+                "usage": _usage_dict(usage),
+            }
+        )
 
 
 def _embeddings(body: dict[str, Any], model: str) -> Reply:
@@ -130,8 +165,11 @@ def _embeddings(body: dict[str, Any], model: str) -> Reply:
     if isinstance(inputs, str):
         inputs = [inputs]
     if not isinstance(inputs, list) or not inputs:
-        return Reply(400, "application/json", single(error_body("'input' must be a string or a list",
-                                                                type_="invalid_request_error")))
+        return Reply(
+            400,
+            "application/json",
+            single(error_body("'input' must be a string or a list", type_="invalid_request_error")),
+        )
     data = []
     tokens = 0
     for i, text in enumerate(inputs):
@@ -141,7 +179,10 @@ def _embeddings(body: dict[str, Any], model: str) -> Reply:
         vec = [v / 2**31 for v in struct.unpack(">8i", digest)]
         data.append({"object": "embedding", "index": i, "embedding": vec})
     usage = Usage(tokens, 0, tokens)
-    obj = {"object": "list", "data": data, "model": model,
-           "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+    obj = {
+        "object": "list",
+        "data": data,
+        "model": model,
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }
     return Reply(200, "application/json", single(json.dumps(obj).encode()), usage)
-

@@ -90,7 +90,7 @@ class OllamaBackend(Backend):
                 response = await self._client.get(
                     self._url("/api/tags"), headers=self._headers, timeout=_HEALTH_TIMEOUT
                 )
-            except Exception:
+            except Exception:  # noqa: BLE001 - any failure means not healthy
                 return False
             return response.status_code == 200
         return False
@@ -109,7 +109,9 @@ class OllamaBackend(Backend):
             return
 
         headers = {"Content-Type": _JSON, **self._headers}
-        http_request = self._client.build_request("POST", self._url(plan.path), content=content, headers=headers)
+        http_request = self._client.build_request(
+            "POST", self._url(plan.path), content=content, headers=headers
+        )
         try:
             response = await self._client.send(http_request, stream=True)
         except httpx.HTTPError as exc:
@@ -257,6 +259,7 @@ class _NDJSONReader:
 
 def _backend_error(message: str, exc: httpx.HTTPError) -> BackendError:
     if isinstance(exc, httpx.TimeoutException):
-        return BackendError(f"{message}: timed out ({type(exc).__name__})", status=504, code="backend_timeout")
+        return BackendError(
+            f"{message}: timed out ({type(exc).__name__})", status=504, code="backend_timeout"
+        )
     return BackendError(f"{message}: {exc!r}")
-

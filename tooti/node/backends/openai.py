@@ -90,7 +90,9 @@ async def _error_reply(response: httpx.Response) -> Reply:
             message = err
     except (ValueError, AttributeError):
         message = f"{message}: {raw.decode(errors='replace')[:300]}"
-    return Reply(response.status_code, "application/json", single(error_body(message, type_=type_, code=code)))
+    return Reply(
+        response.status_code, "application/json", single(error_body(message, type_=type_, code=code))
+    )
 
 
 async def _whole_reply(response: httpx.Response, route: str) -> Reply:
@@ -123,7 +125,6 @@ def _complete_chat(obj: dict[str, Any]) -> bool:
                 msg["refusal"] = None
                 changed = True
     return changed
-
 
 
 async def _stream_blocks(response: httpx.Response, request: Request, reply: Reply) -> AsyncIterator[bytes]:
