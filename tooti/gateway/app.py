@@ -197,13 +197,13 @@ def create_app(gw: Gateway, *, max_body_bytes: int, accounts: Accounts | None = 
             raise HTTPError(400, "'stream' must be a boolean", code="invalid_request", param="stream")
         if route == "embeddings":
             stream = False
-        namespace, model = gw.resolve(model_ref)
+        namespace, model = gw.dispatcher.resolve(model_ref)
         if accounts is not None and key is not None:
             accounts.check(key, namespace or "", model)
         scope = accounts.scope(key) if accounts is not None and key is not None else None
         tried: set[str] = set()
         while True:
-            ex, entry, ns, _backend_model = await gw.dispatch(
+            ex, entry, ns, _backend_model = await gw.dispatcher.dispatch(
                 _ROUTES[route], raw, model_ref, request_id=g.request_id, allowed_namespaces=scope, tried=tried
             )
             meta = _Meta(route, model_ref, ns, entry, key, started, g.request_id)
@@ -213,7 +213,7 @@ def create_app(gw: Gateway, *, max_body_bytes: int, accounts: Accounts | None = 
                 response = await _whole(gw, ex, entry, meta, accounts)
             except _Retryable:
                 # The node died mid-answer, but a non-streamed client has seen nothing yet.
-                if len(tried) >= gw.max_attempts:
+                if len(tried) >= gw.dispatcher.max_attempts:
                     raise HTTPError(502, "the node failed while answering", code="node_failure") from None
                 continue
             response.headers["X-Tooti-Node"] = entry.peer_id
@@ -300,7 +300,7 @@ async def _whole(
     except trio.TooSlowError:
         raise HTTPError(504, "the node stopped answering", code="timeout") from None
     finally:
-        await gw.finish(ex, entry, ok=ok)
+        await gw.dispatcher.finish(ex, entry, ok=ok)
     end = ex.end
     if end is not None and end.HasField("error"):
         _record(accounts, meta, end, end.error.status or 502)
@@ -342,7 +342,7 @@ async def _relay_stream(
         yield _DONE
     finally:
         with trio.CancelScope(shield=True):
-            await gw.finish(ex, entry, ok=ok)
+            await gw.dispatcher.finish(ex, entry, ok=ok)
         _record(accounts, meta, ex.end, status if ex.end is not None or status != 200 else 499)
 
 
