@@ -66,7 +66,7 @@ def test_minimal_node_gets_defaults() -> None:
     assert cfg.node.name == socket.gethostname()
     assert cfg.node.identity_key_file == DATA / "node.key"  # relative to the file
     assert cfg.node.namespace == ""
-    assert cfg.node.namespace_secret is None
+    assert cfg.node.namespace_key is None
     assert cfg.node.max_concurrency == 4
     assert cfg.network.bootstrap == (BOOTSTRAP,)
     assert cfg.network.listen == ()
@@ -88,7 +88,7 @@ def test_full_node_values_and_env_expansion(monkeypatch: pytest.MonkeyPatch) -> 
     cfg = load_node_config(DATA / "good_node_full.yaml")
     assert cfg.node.name == "box-7"
     assert cfg.node.namespace == "team_a-1"
-    assert cfg.node.namespace_secret == "pre-abc-post"  # embedded reference
+    assert cfg.node.namespace_key == "pre-abc-post"  # embedded reference
     assert cfg.node.max_concurrency == 16
     assert len(cfg.network.bootstrap) == 2
     assert cfg.network.listen == ("/ip4/0.0.0.0/tcp/4002", "/ip6/::/tcp/4002")
@@ -185,7 +185,7 @@ BAD = [
     (
         "bad_env_unset.yaml",
         "node",
-        "node.namespace_secret",
+        "node.namespace_key",
         4,
         "environment variable TOOTI_TEST_SURELY_UNSET is not set",
     ),
@@ -280,8 +280,8 @@ def test_string_expected_suggests_quotes(tmp_path: Path) -> None:
 
 
 def test_malformed_env_reference(tmp_path: Path) -> None:
-    (problem,) = check_file(write(tmp_path, node_yaml("  namespace_secret: ${OOPS\n")))[1]
-    assert problem.key == "node.namespace_secret"
+    (problem,) = check_file(write(tmp_path, node_yaml("  namespace_key: ${OOPS\n")))[1]
+    assert problem.key == "node.namespace_key"
     assert "malformed" in problem.message
 
 
@@ -418,7 +418,7 @@ def test_secret_values_never_printed(tmp_path: Path, monkeypatch: pytest.MonkeyP
     node = write(
         tmp_path,
         node_yaml(
-            "  namespace_secret: ${TOOTI_TEST_SECRET}\n  bogus: 1\n",
+            "  namespace_key: ${TOOTI_TEST_SECRET}\n  bogus: 1\n",
             "backend:\n  type: openai\n  base_url: http://x/\n  api_key: key-${TOOTI_TEST_SECRET}\n",
         ),
         "node.yaml",

@@ -18,7 +18,6 @@ from libp2p.peer.id import ID
 from libp2p.pubsub.gossipsub import PROTOCOL_ID_V11, PROTOCOL_ID_V12, GossipSub
 from libp2p.pubsub.pb import rpc_pb2
 from libp2p.pubsub.pubsub import Pubsub
-from multiaddr import Multiaddr
 
 from tooti.wire import pb
 
@@ -97,36 +96,18 @@ def use_subscription_buffer() -> None:
     _pubsub_module.SUBSCRIPTION_CHANNEL_SIZE = SUBSCRIPTION_BUFFER
 
 
-def parse_heartbeat(msg: rpc_pb2.Message) -> pb.Announcement | None:
-    """The Announcement in ``msg`` if it parses and names its verified publisher, else None."""
+#: Largest gossip payload accepted: one gateway record.
+MAX_RECORD_BYTES = 4096
+
+
+def parse_record(msg: rpc_pb2.Message) -> pb.GatewayRecord | None:
+    """The GatewayRecord in ``msg`` if it is small and parses, else None (not yet verified)."""
+    if len(msg.data) > MAX_RECORD_BYTES:
+        return None
     try:
-        ann = pb.Announcement.FromString(msg.data)
+        return pb.GatewayRecord.FromString(msg.data)
     except DecodeError:
         return None
-    return ann if ann.peer_id == msg.from_id else None
-
-
-def parse_gateway(msg: rpc_pb2.Message) -> list[str] | None:
-    """The addresses announced in ``msg`` if valid, else None.
-
-    Valid: a ``Welcome`` whose ``gateway_peer_id`` is the verified publisher, with at least
-    one address, each a multiaddr ending in ``/p2p/<that publisher>``. The last rule stops
-    a gateway from pointing nodes at some other peer under its own name.
-    """
-    try:
-        welcome = pb.Welcome.FromString(msg.data)
-    except DecodeError:
-        return None
-    if welcome.gateway_peer_id != msg.from_id or not welcome.gateways:
-        return None
-    sender = ID(msg.from_id).to_base58()
-    for addr in welcome.gateways:
-        try:
-            if Multiaddr(addr).get_peer_id() != sender:
-                return None
-        except Exception:  # noqa: BLE001 - any unparsable address makes the message invalid
-            return None
-    return list(welcome.gateways)
 
 
 def counting_validator(

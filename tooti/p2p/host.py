@@ -67,13 +67,68 @@ def build_host(key_pair: KeyPair) -> IHost:
         muxer_opt={TProtocol(YAMUX_PROTOCOL_ID): Yamux},
         connection_config=ConnectionConfig(
             max_connections_per_peer=1,
+            max_connections=MAX_CONNECTIONS,
             min_connections=0,
             low_watermark=0,
             auto_connect_interval=3600.0,
         ),
     )
     disable_auto_connector(host)
+    _return_inbound_slots(host)
     return host
+
+
+#: Most live connections a host keeps; a gateway holds one per node and per peer gateway.
+MAX_CONNECTIONS = 10_000
+
+
+def _return_inbound_slots(host: IHost) -> None:
+    # py-libp2p 0.8.1 takes an inbound-limiter slot per connection and gives it back only when
+    # the swarm stops, not when the connection closes: a gateway that has seen
+    # max_connections connections in its life admits no more. The live connection count is
+    # enforced separately (at upgrade and registration, against max_connections), so the
+    # lifetime limiter is made too large to bite; the real bound stays MAX_CONNECTIONS.
+    swarm = host.get_network()
+    if hasattr(swarm, "_inbound_limiter"):
+        swarm._inbound_limiter = trio.CapacityLimiter(2**31)
+
+
+def allow_redial(host: IHost, peer: ID) -> None:
+    """Lift py-libp2p's negative dial cache for ``peer``: after its addresses all failed once,
+    the swarm refuses to dial it for up to a minute, longer than tooti's own backoff (a
+    restarted gateway must be rejoined within seconds)."""
+    unblock = getattr(host.get_network(), "unblock_peer", None)
+    if unblock is not None:
+        unblock(peer)
+
+
+Admit = Callable[[ID], Awaitable[bool]]
+
+
+def harden(host: IHost, *, members_only: tuple[TProtocol, ...] = (), admit: Admit | None = None) -> None:
+    """Put every stream handler the host has now (libp2p's own: identify, ping, pubsub, the
+    DHT; and tooti's) behind the :func:`guarded` boundary, and the protocols in
+    ``members_only`` also behind ``admit(peer)``: a peer it refuses has its stream reset
+    before a byte is read. Call once, after every service has registered its handlers."""
+    mux = host.get_mux()
+    for protocol, handler in list(mux.handlers.items()):
+        if protocol is None or handler is None or getattr(handler, "_tooti_guarded", False):
+            continue
+        inner = handler
+        if protocol in members_only and admit is not None:
+            inner = _admitted(handler, admit, str(protocol))
+        host.set_stream_handler(protocol, guarded(str(protocol))(inner))
+
+
+def _admitted(handler: StreamHandler, admit: Admit, name: str) -> StreamHandler:
+    async def wrapper(stream: INetStream) -> None:
+        if not await admit(peer_of(stream)):
+            log.debug("%s stream from %s refused: not a member gateway", name, _safe_peer(stream))
+            await reset_quietly(stream)
+            return
+        await handler(stream)
+
+    return wrapper
 
 
 def disable_auto_connector(host: IHost) -> None:
@@ -133,10 +188,8 @@ def guarded(name: str) -> Callable[[StreamHandler], StreamHandler]:
         async def wrapper(stream: INetStream) -> None:
             try:
                 await handler(stream)
-            except trio.Cancelled:
-                raise
             except BaseException as exc:
-                if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                if _is_cancellation(exc) or isinstance(exc, (KeyboardInterrupt, SystemExit)):
                     raise
                 log.warning(
                     "%s handler failed for peer %s: %s: %s", name, _safe_peer(stream), type(exc).__name__, exc
@@ -147,9 +200,20 @@ def guarded(name: str) -> Callable[[StreamHandler], StreamHandler]:
                     except Exception:  # noqa: BLE001 - already failing; best effort
                         pass
 
+        wrapper._tooti_guarded = True  # type: ignore[attr-defined]  # see harden()
         return wrapper
 
     return decorate
+
+
+def _is_cancellation(exc: BaseException) -> bool:
+    """True for trio.Cancelled, and for a group made only of them (a nursery inside the
+    handler being cancelled): shutdown, not a failure to report."""
+    if isinstance(exc, trio.Cancelled):
+        return True
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_is_cancellation(e) for e in exc.exceptions)
+    return False
 
 
 def _safe_peer(stream: INetStream) -> str:
@@ -157,3 +221,13 @@ def _safe_peer(stream: INetStream) -> str:
         return str(peer_of(stream))
     except Exception:  # noqa: BLE001
         return "?"
+
+
+async def reset_quietly(stream: INetStream) -> None:
+    """Reset ``stream``, shielded and bounded, ignoring errors: for clean-up paths where the
+    stream may already be broken and the caller must not be held up."""
+    with trio.CancelScope(shield=True), trio.move_on_after(1):
+        try:
+            await stream.reset()
+        except Exception:  # noqa: BLE001 - best effort on a stream that may be gone
+            pass
