@@ -84,16 +84,7 @@ def _is_dht_server(host: IHost, peer: ID) -> bool:
         return False
 
 
-def model_key(name: str) -> str:
-    """The DHT provider key for a model name.
-
-    py-libp2p parses provider keys as a CID, then hex, then UTF-8; a sha2-256 multihash in
-    hex ("12" = sha2-256, "20" = 32 bytes) is the one form that is unambiguous.
-    """
-    return "1220" + hashlib.sha256(b"tooti/model/" + name.encode()).hexdigest()
-
-
-#: the DHT key every gateway provides, so a node that knows one gateway finds all of them
+#: the DHT key every gateway provides, so a gateway that knows one member finds the others
 GATEWAYS_KEY = "1220" + hashlib.sha256(b"tooti/gateways").hexdigest()
 
 
