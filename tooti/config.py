@@ -194,6 +194,7 @@ class GatewayNetwork:
     certificate_file: Path | None = None
     key_file: Path | None = None
     revocations_file: Path | None = None
+    max_connections: int = 10_000  # live libp2p connections (nodes + peer gateways)
 
 
 @dataclass(frozen=True)
@@ -370,6 +371,7 @@ _GATEWAY_SCHEMA = _yp.Section(
                     "certificate_file": _yp.Field(_file_path),
                     "key_file": _yp.Field(_file_path),
                     "revocations_file": _yp.Field(_file_path),
+                    "max_connections": _yp.Field(_yp.integer(16, 1_000_000)),
                 },
             )
         ),

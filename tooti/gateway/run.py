@@ -85,7 +85,7 @@ async def run_gateway(
     """Run a gateway until cancelled. ``task_status.started`` gets a :class:`Started` once
     both the p2p host and the HTTP server listen."""
     key_pair = load_or_create(cfg.gateway.identity_key_file)
-    host = build_host(key_pair)
+    host = build_host(key_pair, max_connections=cfg.network.max_connections)
     trust, certificate = load_membership(cfg, host.get_id())
     gw = Gateway(
         host,

@@ -56,7 +56,7 @@ def _route_libp2p_logs() -> None:
     logging.getLogger("libp2p.kad_dht").setLevel(logging.ERROR)
 
 
-def build_host(key_pair: KeyPair) -> IHost:
+def build_host(key_pair: KeyPair, *, max_connections: int = 10_000) -> IHost:
     """A new, not yet running host. Run it with ``async with host.run(listen_addrs=[...])``;
     an empty list is fine for a peer that only dials out."""
     _route_libp2p_logs()
@@ -67,7 +67,10 @@ def build_host(key_pair: KeyPair) -> IHost:
         muxer_opt={TProtocol(YAMUX_PROTOCOL_ID): Yamux},
         connection_config=ConnectionConfig(
             max_connections_per_peer=1,
-            max_connections=MAX_CONNECTIONS,
+            # Live connections at once: a gateway holds one per node and per peer gateway.
+            # The connection manager's trimming watermarks must sit at or below it.
+            max_connections=max_connections,
+            high_watermark=max_connections,
             min_connections=0,
             low_watermark=0,
             auto_connect_interval=3600.0,
@@ -78,16 +81,12 @@ def build_host(key_pair: KeyPair) -> IHost:
     return host
 
 
-#: Most live connections a host keeps; a gateway holds one per node and per peer gateway.
-MAX_CONNECTIONS = 10_000
-
-
 def _return_inbound_slots(host: IHost) -> None:
     # py-libp2p 0.8.1 takes an inbound-limiter slot per connection and gives it back only when
     # the swarm stops, not when the connection closes: a gateway that has seen
     # max_connections connections in its life admits no more. The live connection count is
     # enforced separately (at upgrade and registration, against max_connections), so the
-    # lifetime limiter is made too large to bite; the real bound stays MAX_CONNECTIONS.
+    # lifetime limiter is made too large to bite; the real bound stays max_connections.
     swarm = host.get_network()
     if hasattr(swarm, "_inbound_limiter"):
         swarm._inbound_limiter = trio.CapacityLimiter(2**31)
