@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-import libp2p.pubsub.pubsub as _pubsub_module
 from google.protobuf.message import DecodeError
 from libp2p.abc import IHost
 from libp2p.peer.id import ID
@@ -22,11 +21,6 @@ from libp2p.pubsub.pubsub import Pubsub
 from tooti.wire import pb
 
 log = logging.getLogger("tooti.p2p.discovery")
-
-#: Messages a subscription buffers before pubsub drops new ones with a warning. The
-#: default (32) is less than one second of heartbeats from a 200-node network; 4096 is
-#: ~20 s of them, room for a drain task stalled by a slow callback.
-SUBSCRIPTION_BUFFER = 4096
 
 # A topic validator: (neighbour that handed the message over, message) -> accept?
 Validator = Callable[[ID, rpc_pb2.Message], bool]
@@ -85,15 +79,6 @@ def new_gossipsub(host: IHost, *, rate_limit: float) -> tuple[GossipSub, Pubsub]
         validation_cache_size=256,
     )
     return router, service
-
-
-def use_subscription_buffer() -> None:
-    """Make the next ``Pubsub.subscribe`` buffer :data:`SUBSCRIPTION_BUFFER` messages.
-
-    py-libp2p reads the module global when it creates a subscription's channel and has no
-    per-call argument. Process-wide, and harmless: every tooti subscription wants it.
-    """
-    _pubsub_module.SUBSCRIPTION_CHANNEL_SIZE = SUBSCRIPTION_BUFFER
 
 
 #: Largest gossip payload accepted: one gateway record.

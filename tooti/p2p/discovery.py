@@ -103,7 +103,6 @@ class Discovery:
             # or forwarded unchecked.
             validator = _pubsub.counting_validator(self._parse, self._count_reject)
             self._pubsub.set_topic_validator(GATEWAYS_TOPIC, validator, False)
-            _pubsub.use_subscription_buffer()
             async with trio.open_nursery() as nursery:
                 gateways = await self._pubsub.subscribe(GATEWAYS_TOPIC)
                 nursery.start_soon(self._drain, gateways)

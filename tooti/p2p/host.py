@@ -19,7 +19,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import libp2p
-import libp2p.network.swarm as _swarm
 import trio
 from libp2p.abc import IHost, INetStream
 from libp2p.crypto.keys import KeyPair
@@ -32,10 +31,9 @@ from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
 
-log = logging.getLogger("tooti.p2p")
+from tooti.p2p import _patches  # noqa: F401 - module-level libp2p patches, applied on import
 
-# See module docstring: one address per peer, so there is nothing to race.
-_swarm._HAPPY_EYEBALLS_DELAY = 0
+log = logging.getLogger("tooti.p2p")
 
 # yamux caps open outbound streams per connection at 256 and then blocks silently; tooti
 # bounds its own concurrency per node far below this and raises the cap so that the bound
