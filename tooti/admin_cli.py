@@ -24,18 +24,27 @@ from typing import Any
 
 import trio
 
+from .p2p import keys
 from .store import (
     AlreadyExists,
+    Namespace,
     NotFound,
     Store,
+    StoreError,
     StoreUnavailable,
     open_store,
 )
+from .store._namespaces import fingerprint
+from .store.usage import safe_text
 
 __all__ = ["main", "register"]
 
 DEFAULT_DATABASE_URL = "sqlite:///tooti.db"
 _ONCE = "This secret is shown only once and cannot be recovered; store it now."
+_ONCE_KEY = (
+    "This private key is shown only once and is not stored anywhere; give it to the"
+    " namespace's nodes (node.namespace_secret) now."
+)
 _DURATION_RE = re.compile(r"^(\d+)([smhdw])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
@@ -69,14 +78,22 @@ def _with_store(args: argparse.Namespace, body: Callable[[Store], Awaitable[int]
     except (ValueError, TypeError) as exc:
         _note(f"error: {exc}")
         return 2
+    except StoreError as exc:
+        _note(f"error: {exc}")
+        return 3
 
 
 def _fmt_time(dt: datetime | None) -> str:
     return "-" if dt is None else dt.strftime("%Y-%m-%d %H:%M:%SZ")
 
 
+def _cell(value: object) -> str:
+    # Stored text may come from clients and nodes: never let it drive the terminal.
+    return safe_text(value, 200)[0]
+
+
 def _print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    cells = [list(headers)] + [[str(c) for c in row] for row in rows]
+    cells = [list(headers)] + [[_cell(c) for c in row] for row in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
     for row in cells:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)).rstrip())
@@ -100,25 +117,81 @@ def _parse_day(text: str) -> datetime:
 # -- namespace ----------------------------------------------------------------
 
 
+def _write_key_file(path: str, private_text: str) -> None:
+    """Write a private key to a new file readable by its owner only (never overwrite)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(private_text + "\n")
+
+
+def _new_key(args: argparse.Namespace) -> tuple[str, str | None]:
+    """(public key to register, private key to print or None).
+
+    The pair is made here, in the command, so the store only ever receives the public half;
+    with ``--key-file`` the private half goes to that file (0600) before anything is stored.
+    """
+    if args.public_key is not None:
+        if args.key_file:
+            raise ValueError("--public-key and --key-file exclude each other")
+        return keys.check_public(args.public_key, keys.NAMESPACE_PUBLIC), None
+    private = keys.generate(keys.NAMESPACE_PRIVATE)
+    public = keys.public_of(private, keys.NAMESPACE_PRIVATE, keys.NAMESPACE_PUBLIC)
+    if args.key_file:
+        try:
+            _write_key_file(args.key_file, private)
+        except FileExistsError:
+            raise ValueError(f"{args.key_file} exists; refusing to overwrite a key file") from None
+        except OSError as exc:
+            raise ValueError(f"cannot write {args.key_file}: {exc.strerror}") from None
+        return public, None
+    return public, private
+
+
+def _hand_out(args: argparse.Namespace, private: str | None, public: str) -> None:
+    _note(f"key fingerprint: {fingerprint(public)}")
+    if private is not None:
+        _note(_ONCE_KEY)
+        print(private)
+    elif args.key_file:
+        _note(f"private key written to {args.key_file} (mode 0600); give it to the namespace's nodes")
+
+
+def _discard_key_file(args: argparse.Namespace) -> None:
+    if args.key_file and args.public_key is None:
+        try:
+            os.unlink(args.key_file)
+        except OSError:
+            pass
+
+
 def _cmd_namespace_create(args: argparse.Namespace) -> int:
-    secret: str | None = None
-    if args.secret_stdin:
-        secret = sys.stdin.readline().rstrip("\r\n")
-        if len(secret) < 8:
-            _note("error: the secret read from stdin must be at least 8 characters")
-            return 2
+    try:
+        public, private = _new_key(args)
+    except ValueError as exc:
+        _note(f"error: {exc}")
+        return 2
 
     async def body(store: Store) -> int:
-        ns, plaintext = await store.create_namespace(
-            args.name, owner=args.owner, secret=secret, allowed_peers=args.allow_peer
+        ns, _ = await store.create_namespace(
+            args.name, owner=args.owner, public_key=public, allowed_peers=args.allow_peer
         )
         _note(f"created namespace {ns.name!r}")
-        if secret is None:
-            _note(_ONCE)
-            print(plaintext)
+        _hand_out(args, private, public)
         return 0
 
-    return _with_store(args, body)
+    code = _with_store(args, body)
+    if code != 0:
+        _discard_key_file(args)
+    return code
+
+
+def _fmt_keys(ns: Namespace) -> str:
+    if not ns.keys:
+        return "none (rotate to add one)"
+    return ",".join(
+        k.fingerprint + ("" if k.expires_at is None else f" (until {_fmt_time(k.expires_at)})")
+        for k in ns.keys
+    )
 
 
 def _cmd_namespace_list(args: argparse.Namespace) -> int:
@@ -127,27 +200,39 @@ def _cmd_namespace_list(args: argparse.Namespace) -> int:
             (
                 ns.name,
                 ns.owner or "-",
+                _fmt_keys(ns),
                 ",".join(ns.allowed_peer_ids) or "-",
                 _fmt_time(ns.created_at),
                 _fmt_time(ns.rotated_at),
             )
             for ns in await store.list_namespaces()
         ]
-        _print_table(("NAME", "OWNER", "ALLOWED PEERS", "CREATED", "ROTATED"), rows)
+        _print_table(("NAME", "OWNER", "KEYS", "ALLOWED PEERS", "CREATED", "ROTATED"), rows)
         return 0
 
     return _with_store(args, body)
 
 
 def _cmd_namespace_rotate(args: argparse.Namespace) -> int:
+    try:
+        public, private = _new_key(args)
+    except ValueError as exc:
+        _note(f"error: {exc}")
+        return 2
+
     async def body(store: Store) -> int:
-        plaintext = await store.rotate_namespace_secret(args.name)
-        _note(f"rotated the secret of namespace {args.name!r}; the old one no longer works")
-        _note(_ONCE)
-        print(plaintext)
+        await store.rotate_namespace_key(args.name, public_key=public, grace=args.grace)
+        if args.grace:
+            _note(f"rotated the key of namespace {args.name!r}; old keys stay valid for {args.grace:g}s")
+        else:
+            _note(f"rotated the key of namespace {args.name!r}; old keys no longer work")
+        _hand_out(args, private, public)
         return 0
 
-    return _with_store(args, body)
+    code = _with_store(args, body)
+    if code != 0:
+        _discard_key_file(args)
+    return code
 
 
 def _cmd_namespace_delete(args: argparse.Namespace) -> int:
@@ -159,6 +244,13 @@ def _cmd_namespace_delete(args: argparse.Namespace) -> int:
         return 0
 
     return _with_store(args, body)
+
+
+def _grace(text: str) -> float:
+    """Seconds ("300") or a duration ("10m", "2h")."""
+    if text.strip().isdigit():
+        return float(text)
+    return parse_duration(text).total_seconds()
 
 
 # -- apikey -------------------------------------------------------------------
@@ -247,16 +339,26 @@ def _cmd_usage(args: argparse.Namespace) -> int:
                     "requests": s.requests,
                     "prompt_tokens": s.prompt_tokens,
                     "completion_tokens": s.completion_tokens,
+                    "total_tokens": s.prompt_tokens + s.completion_tokens,
+                    "flagged_requests": s.flagged_requests,
                 }
                 for s in summary
             ]
             print(json.dumps(out, indent=2))
             return 0
         rows = [
-            (s.day.isoformat(), s.key_prefix, s.model, s.requests, s.prompt_tokens, s.completion_tokens)
+            (
+                s.day.isoformat(),
+                s.key_prefix,
+                s.model,
+                s.requests,
+                s.prompt_tokens,
+                s.completion_tokens,
+                s.flagged_requests,
+            )
             for s in summary
         ]
-        _print_table(("DAY", "KEY", "MODEL", "REQUESTS", "PROMPT", "COMPLETION"), rows)
+        _print_table(("DAY", "KEY", "MODEL", "REQUESTS", "PROMPT", "COMPLETION", "FLAGGED"), rows)
         return 0
 
     return _with_store(args, body)
@@ -284,28 +386,48 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         sub = parser.add_subparsers(dest=f"{name}_command", metavar="COMMAND", required=True)
         return sub
 
-    ns = group("namespace", "manage namespaces and their secrets")
-    p = leaf(ns, "create", _cmd_namespace_create, "create a namespace (prints its secret once)")
+    ns = group("namespace", "manage namespaces and their keys")
+
+    def key_options(p: Any) -> None:
+        p.add_argument(
+            "--public-key",
+            default=None,
+            metavar="TEXT",
+            help="register this public key (tooti-ns-pub-v1:...) instead of generating a pair",
+        )
+        p.add_argument(
+            "--key-file",
+            default=None,
+            metavar="PATH",
+            help="write the generated private key to this new file (mode 0600) instead of stdout",
+        )
+
+    p = leaf(ns, "create", _cmd_namespace_create, "create a namespace (prints its private key once)")
     p.add_argument("name")
     p.add_argument("--owner", default="")
-    p.add_argument(
-        "--secret-stdin",
-        action="store_true",
-        help="read a chosen secret from stdin instead of generating one",
-    )
+    key_options(p)
     p.add_argument(
         "--allow-peer",
         action="append",
         default=[],
         metavar="PEER",
-        help="peer id admitted without the secret (repeatable)",
+        help="peer id admitted without a key proof (repeatable)",
     )
-    leaf(ns, "list", _cmd_namespace_list, "list namespaces (never shows secrets)")
-    leaf(ns, "rotate", _cmd_namespace_rotate, "replace a namespace secret").add_argument("name")
+    leaf(ns, "list", _cmd_namespace_list, "list namespaces and key fingerprints (never private keys)")
+    p = leaf(ns, "rotate", _cmd_namespace_rotate, "give a namespace a new key (prints it once)")
+    p.add_argument("name")
+    key_options(p)
+    p.add_argument(
+        "--grace",
+        type=_grace,
+        default=0.0,
+        metavar="SECONDS",
+        help="keep the old keys valid this long (seconds, or e.g. 10m); default 0: revoked at once",
+    )
     leaf(ns, "delete", _cmd_namespace_delete, "delete a namespace").add_argument("name")
 
-    keys = group("apikey", "manage gateway API keys")
-    p = leaf(keys, "create", _cmd_apikey_create, "create an API key (prints it once)")
+    apikeys = group("apikey", "manage gateway API keys")
+    p = leaf(apikeys, "create", _cmd_apikey_create, "create an API key (prints it once)")
     p.add_argument("--owner", default="")
     p.add_argument(
         "--namespace",
@@ -328,8 +450,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="DURATION",
         help="lifetime such as 30d, 12h, 90m (default: never expires)",
     )
-    leaf(keys, "list", _cmd_apikey_list, "list API keys (prefixes only)")
-    leaf(keys, "revoke", _cmd_apikey_revoke, "revoke an API key").add_argument("prefix")
+    leaf(apikeys, "list", _cmd_apikey_list, "list API keys (prefixes only)")
+    leaf(apikeys, "revoke", _cmd_apikey_revoke, "revoke an API key").add_argument("prefix")
 
     db = group("db", "database maintenance")
     leaf(db, "migrate", _cmd_db_migrate, "apply pending schema migrations")

@@ -1,5 +1,6 @@
 """Keys mode: the gateway's accounts (store + key cache + usage ledger) behind the app's
-``Accounts`` interface, and the namespace check nodes must pass to join.
+``Accounts`` interface, and the namespace verifiers nodes must satisfy to join (public keys
+and allow-listed peer ids, cached and refreshed every second; see ``on_namespace_change``).
 
 Every gateway process opens the same database (SQLite on one machine, PostgreSQL for
 several); nothing about nodes is ever stored in it.
@@ -8,6 +9,7 @@ several); nothing about nodes is ever stored in it.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -15,7 +17,7 @@ import trio
 
 from tooti.config import GatewayConfig
 from tooti.p2p.identity import load_or_create, peer_id_of
-from tooti.store import ApiKey, Store, StoreUnavailable, UsageRow, open_store
+from tooti.store import ApiKey, NamespaceVerifier, Store, StoreUnavailable, UsageRow, open_store
 
 from .auth import AuthError, KeyCache, check_scope
 from .errors import HTTPError
@@ -27,12 +29,15 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("tooti.gateway")
 
-# How often the namespace list is re-read; the read doubles as the database health probe.
+# How often the namespace verifiers are re-read; the read doubles as the database health probe.
 _NAMESPACE_REFRESH = 1.0
+# A cached verifier older than this is re-read from the store before a node is admitted with it.
+_VERIFIER_MAX_AGE = 2.0
 
 
 class StoreAccounts:
-    """The app's accounts: API keys (cached), scopes, the usage ledger, health."""
+    """The app's accounts: API keys (cached), scopes, the usage ledger, health; and the
+    gateway's namespace verifiers (cached, refreshed every second)."""
 
     def __init__(self, store: Store, keys: KeyCache, ledger: Ledger) -> None:
         self.store = store
@@ -40,6 +45,9 @@ class StoreAccounts:
         self.ledger = ledger
         self.namespaces: set[str] = set()
         self.namespaces_ok = True
+        self.verifiers: dict[str, NamespaceVerifier] = {}
+        self._verifiers_at: float | None = None  # trio clock of the last successful refresh
+        self._on_change: list[Callable[[set[str]], None]] = []
 
     async def authenticate(self, authorization: str | None, x_api_key: str | None) -> ApiKey:
         try:
@@ -68,7 +76,18 @@ class StoreAccounts:
         completion_tokens: int,
         latency_ms: int,
         status: int,
+        client_request_id: str = "",
+        usage_source: str = "backend",
+        flags: Iterable[str] = (),
     ) -> None:
+        """Queue one finished request for the ledger; never blocks, never raises for odd data.
+
+        ``request_id`` must be the gateway's own id of the request (the ledger's identity of
+        it); ``client_request_id`` is the client's ``X-Request-ID``, recorded only.
+        ``usage_source`` is one of ``tooti.store.USAGE_SOURCES``; ``flags`` are markers such as
+        ``usage_claim_exceeded``.  Every value is normalised (``tooti.store.usage``): text
+        cleaned and bounded, token figures clamped to [0, 10^9] and flagged ``usage_clamped``.
+        """
         self.ledger.record(
             UsageRow(
                 request_id=request_id,
@@ -82,6 +101,9 @@ class StoreAccounts:
                 latency_ms=latency_ms,
                 status=status,
                 gateway_id="",
+                client_request_id=client_request_id,
+                usage_source=usage_source,
+                flags=",".join(flags) if not isinstance(flags, str) else flags,
             )
         )
 
@@ -114,22 +136,67 @@ class StoreAccounts:
                 "requests": r.requests,
                 "prompt_tokens": r.prompt_tokens,
                 "completion_tokens": r.completion_tokens,
+                # Bounded per row (10^9 each), so this cannot leave 64 bits.
                 "total_tokens": r.prompt_tokens + r.completion_tokens,
+                "flagged_requests": r.flagged_requests,
             }
             for r in rows
         ]
 
-    async def namespace_check(self, namespace: str) -> tuple[str, tuple[str, ...]] | None:
-        # StoreUnavailable propagates: the control stream is reset and the node retries later,
-        # rather than being told its (possibly right) secret is wrong.
-        return await self.store.namespace_verifier(namespace)
+    # -- namespaces ---------------------------------------------------------------------------
+
+    def on_namespace_change(self, callback: Callable[[set[str]], None]) -> None:
+        """Call ``callback(names)`` from the refresh loop whenever namespaces whose verifier
+        this gateway had cached changed revision (keys rotated, allow-list edited, grace period
+        over) or disappeared (deleted).  Seen within one refresh (about a second) of the
+        commit.  The callback runs on the trio loop and must not block; an exception it raises
+        is logged and ignored."""
+        self._on_change.append(callback)
+
+    async def namespace_check(self, namespace: str) -> NamespaceVerifier | None:
+        """The verifier a joining node is checked against, or None for an unknown namespace.
+
+        Served from the cache while it is at most ``_VERIFIER_MAX_AGE`` old; otherwise (and
+        for a name the cache does not know, so a namespace created a moment ago works) read
+        from the store.  When the store is down a cached verifier is served, as cached API
+        keys are; with none, StoreUnavailable propagates: the control stream is reset and the
+        node retries later, rather than being told its (possibly right) key is wrong.
+        """
+        cached = self.verifiers.get(namespace)
+        fresh = (
+            self._verifiers_at is not None and trio.current_time() - self._verifiers_at <= _VERIFIER_MAX_AGE
+        )
+        if cached is not None and fresh:
+            return cached
+        try:
+            return await self.store.namespace_verifier(namespace)
+        except StoreUnavailable:
+            if cached is not None:
+                return cached
+            raise
+
+    def _apply_verifiers(self, new: dict[str, NamespaceVerifier]) -> None:
+        old, self.verifiers = self.verifiers, new
+        self.namespaces = set(new)
+        self._verifiers_at = trio.current_time()
+        changed = {n for n, v in old.items() if n not in new or new[n].revision != v.revision}
+        if not changed:
+            return
+        log.info("namespaces changed: %s", ", ".join(sorted(changed)))
+        for callback in list(self._on_change):
+            try:
+                callback(set(changed))
+            except Exception:
+                log.exception("namespace change callback failed")
 
     async def refresh_namespaces(self) -> None:
-        """Keep the set of registered namespace names fresh (for `ns:model` parsing)."""
+        """Keep the namespace verifiers (and so the set of names, for `ns:model` parsing)
+        fresh, and tell ``on_namespace_change`` callbacks what changed.  The read doubles as
+        the database health probe."""
         was_ok = True
         while True:
             try:
-                self.namespaces = {n.name for n in await self.store.list_namespaces()}
+                self._apply_verifiers(await self.store.namespace_verifiers())
                 self.namespaces_ok = True
                 if not was_ok:
                     log.warning("database is reachable again")

@@ -21,7 +21,7 @@ from libp2p.peer.id import ID
 
 from tooti.p2p.framing import FrameError, FrameReader, encode
 from tooti.p2p.host import peer_of
-from tooti.store import proof
+from tooti.store import NamespaceVerifier
 from tooti.wire import pb
 
 from .dispatch import Dispatcher
@@ -31,7 +31,7 @@ from .relay import StreamPool, reset_quietly
 log = logging.getLogger("tooti.gateway")
 
 #: namespace -> (stored secret hash, allowed peer ids), or None when no such namespace
-NamespaceCheck = Callable[[str], Awaitable[tuple[str, tuple[str, ...]] | None]]
+NamespaceCheck = Callable[[str], Awaitable[NamespaceVerifier | None]]
 
 _HELLO_TIMEOUT = 10.0
 _PING = TProtocol("/ipfs/ping/1.0.0")  # libp2p's own ping, which every host answers
@@ -152,8 +152,8 @@ class Gateway:
         self, peer: str, ann: pb.Announcement, stream: INetStream, reader: FrameReader
     ) -> str | None:
         """Why this node may not join (None: it may). A namespace is granted to an allow-listed
-        peer id, or to a node that answers a challenge with proof of the namespace's secret;
-        the secret itself never crosses the network."""
+        peer id, or to a node that signs a challenge with one of the namespace's keys;
+        the private key never crosses the network."""
         if ann.peer_id != _peer_bytes(peer):
             return "announcement peer id does not match the connection's verified peer id"
         if not ann.namespace or self._namespace_check is None:
@@ -161,35 +161,17 @@ class Gateway:
         verifier = await self._namespace_check(ann.namespace)
         if verifier is None:
             return f"namespace '{ann.namespace}' is not registered"
-        stored_hash, allowed = verifier
-        if peer in allowed:
+        if peer in verifier.allowed_peers:
             return None
-        try:
-            challenge, key = proof.challenge_for(stored_hash)
-        except ValueError:
-            return f"namespace '{ann.namespace}' has no usable secret"
-        await stream.write(
-            encode(
-                pb.GatewayControl(
-                    challenge=pb.Challenge(
-                        nonce=challenge.nonce,
-                        scheme=challenge.scheme,
-                        salt=challenge.salt,
-                        time_cost=challenge.time_cost,
-                        memory_cost=challenge.memory_cost,
-                        parallelism=challenge.parallelism,
-                        hash_len=challenge.hash_len,
-                    )
-                )
-            )
-        )
+        if not verifier.public_keys:
+            return f"namespace '{ann.namespace}' has no key (rotate it)"
+        nonce = os.urandom(32)
+        await stream.write(encode(pb.GatewayControl(challenge=pb.Challenge(nonce=nonce, scheme="ed25519"))))
         answer = await reader.read_frame(pb.ControlFrame)
         if answer is None or answer.WhichOneof("kind") != "proof":
-            return "no proof of the namespace secret"
-        if not proof.check(
-            key, challenge, ann.namespace, ann.peer_id, self.host.get_id().to_bytes(), answer.proof.mac
-        ):
-            return f"not authorised for namespace '{ann.namespace}' (wrong secret)"
+            return "no proof of the namespace key"
+        if not verifier.check_proof(answer.proof.mac, nonce, ann.peer_id, self.host.get_id().to_bytes()):
+            return f"not authorised for namespace '{ann.namespace}' (wrong key)"
         return None
 
     def on_gossip_heartbeat(self, sender: str, ann: pb.Announcement) -> None:

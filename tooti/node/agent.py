@@ -22,9 +22,8 @@ from libp2p.peer.peerinfo import info_from_p2p_addr
 from multiaddr import Multiaddr
 
 import tooti
-from tooti.p2p import protocols
+from tooti.p2p import keys, protocols
 from tooti.p2p.framing import FrameError, FrameReader, encode
-from tooti.store import proof
 from tooti.wire import pb
 
 from .backends.base import Backend, BackendError
@@ -225,14 +224,16 @@ class NodeAgent:
             await trio.sleep(interval)
 
     async def _prove(self, c: pb.Challenge, gateway_peer: bytes) -> bytes:
-        """Answer a namespace challenge without revealing the secret (``tooti.store.proof``)."""
-        ch = proof.Challenge(c.nonce, c.scheme, c.salt, c.time_cost, c.memory_cost, c.parallelism, c.hash_len)
+        """Answer a namespace challenge by signing it with the namespace key
+        (``tooti.p2p.keys.prove_namespace``); no other scheme is answered."""
+        if c.scheme != "ed25519":
+            raise NamespaceRefused(f"refusing a namespace challenge of scheme {c.scheme!r}")
         try:
-            # argon2 takes tens of milliseconds: keep it off the event loop.
-            key = await trio.to_thread.run_sync(proof.key_for, self._secret, ch)
+            return keys.prove_namespace(
+                self._secret, c.nonce, self.namespace, self.host.get_id().to_bytes(), gateway_peer
+            )
         except ValueError as exc:
             raise NamespaceRefused(f"cannot answer the gateway's challenge: {exc}") from None
-        return proof.answer(key, ch, self.namespace, self.host.get_id().to_bytes(), gateway_peer)
 
     async def _heartbeat_loop(self) -> None:
         """One heartbeat per interval (or at once on a change), signed, on the gossip topic;

@@ -6,6 +6,9 @@
     finally:
         await store.aclose()
 
+Namespaces hold public keys only (``tooti.p2p.keys``): a copy of the database lets
+nobody join one.  SQLite files are created readable by their owner only.
+
 SQLite suits a single host (several gateway processes may share the file);
 PostgreSQL suits several hosts.  Both engines have the same schema and
 behaviour, and all blocking work runs in trio worker threads.
@@ -20,6 +23,8 @@ from ._base import (
     ApiKey,
     Backend,
     Namespace,
+    NamespaceKey,
+    NamespaceVerifier,
     NotFound,
     StoreError,
     StoreUnavailable,
@@ -32,6 +37,8 @@ __all__ = [
     "AlreadyExists",
     "ApiKey",
     "Namespace",
+    "NamespaceKey",
+    "NamespaceVerifier",
     "NotFound",
     "Store",
     "StoreError",
