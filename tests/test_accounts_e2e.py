@@ -1,5 +1,5 @@
 """Accounts through real processes on one real PostgreSQL: two gateways, namespaces proven on
-the wire, scoped API keys, revocation on every gateway, the usage ledger, a database outage.
+the wire by signature with namespace keys (the database holds public keys only), scoped API keys, revocation on every gateway, the usage ledger, a database outage.
 """
 
 from __future__ import annotations
@@ -51,20 +51,20 @@ def pg_db() -> Iterator[str]:
 def world(pg_db: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     tmp = tmp_path_factory.mktemp("accounts")
     _cli(pg_db, "db", "migrate")
-    acme_secret = _cli(pg_db, "namespace", "create", "acme", "--owner", "acme-corp")
-    beta_secret = _cli(pg_db, "namespace", "create", "beta")
+    acme_key_text = _cli(pg_db, "namespace", "create", "acme", "--owner", "acme-corp")
+    beta_key_text = _cli(pg_db, "namespace", "create", "beta")
     acme_key = _cli(pg_db, "apikey", "create", "--owner", "alice", "--namespace", "acme")
     any_key = _cli(pg_db, "apikey", "create", "--owner", "bob")
     gw1 = _procs.start_gateway(tmp, "gw1", auth="keys", database_url=pg_db)
     gw2 = _procs.start_gateway(tmp, "gw2", auth="keys", database_url=pg_db, bootstrap=[gw1.p2p])
-    env_acme = {"ACME_SECRET": acme_secret}
+    env_acme = {"ACME_NS_KEY": acme_key_text}
     nodes = [
         _procs.start_node(
             tmp,
             "acme-node",
             gateways=[gw1],
             backend={"type": "loopback"},
-            node={"namespace": "acme", "namespace_secret": "${ACME_SECRET}", "max_concurrency": 32},
+            node={"namespace": "acme", "namespace_secret": "${ACME_NS_KEY}", "max_concurrency": 32},
             env=env_acme,
         ),
         _procs.start_node(
@@ -72,7 +72,7 @@ def world(pg_db: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict
             "beta-node",
             gateways=[gw1],
             backend={"type": "loopback"},
-            node={"namespace": "beta", "namespace_secret": beta_secret},
+            node={"namespace": "beta", "namespace_secret": beta_key_text},
         ),
     ]
     headers = {"Authorization": f"Bearer {any_key}"}
@@ -83,8 +83,8 @@ def world(pg_db: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict
         "tmp": tmp,
         "gws": [gw1, gw2],
         "nodes": nodes,
-        "acme_secret": acme_secret,
-        "beta_secret": beta_secret,
+        "acme_key_text": acme_key_text,
+        "beta_key_text": beta_key_text,
         "acme_key": acme_key,
         "any_key": any_key,
     }
@@ -135,7 +135,7 @@ def test_scoped_key_gets_403_on_other_namespace(world: dict) -> None:
         assert _chat(gw, world["any_key"], "beta:loopback").status_code == 200
 
 
-def test_wrong_secret_serves_nothing(world: dict) -> None:
+def test_wrong_key_serves_nothing(world: dict) -> None:
     gw1 = world["gws"][0]
     bad = _procs.start_node(
         world["tmp"],
@@ -147,13 +147,23 @@ def test_wrong_secret_serves_nothing(world: dict) -> None:
     )
     assert bad.proc.popen.wait(30) == 3
     assert "refused" in bad.proc.log.read_text()
+    # a well-formed namespace key, just not acme's (beta's): refused too
+    wrong = _procs.start_node(
+        world["tmp"],
+        "wrong-key",
+        gateways=[gw1],
+        backend={"type": "loopback"},
+        node={"namespace": "acme", "namespace_secret": world["beta_key_text"]},
+        wait=False,
+    )
+    assert wrong.proc.popen.wait(30) == 3
     nodes = httpx.get(
         gw1.http + "/v1/network/nodes",
         headers={"Authorization": f"Bearer {world['any_key']}"},
         trust_env=False,
     ).json()["data"]
     assert {n["name"] for n in nodes} == {"acme-node", "beta-node"}
-    # claiming a namespace that another node proved, without its secret, is refused the same way
+    # claiming a namespace that another node proved, without its key, is refused the same way
     thief = _procs.start_node(
         world["tmp"],
         "thief",
@@ -261,7 +271,7 @@ def test_revocation_reaches_every_gateway_within_5s(world: dict) -> None:
 
 def test_no_secret_in_any_log(world: dict) -> None:
     text = logs_text(world["tmp"])
-    for secret in (world["acme_secret"], world["beta_secret"], world["acme_key"], world["any_key"]):
+    for secret in (world["acme_key_text"], world["beta_key_text"], world["acme_key"], world["any_key"]):
         assert secret not in text
         assert secret.split("-")[-1] not in text
 
