@@ -471,3 +471,40 @@ async def test_namespace_check_during_an_outage(inner):
     assert await accounts.namespace_check("a") == cached  # served from the cache, like keys
     with pytest.raises(StoreUnavailable):
         await accounts.namespace_check("unknown")
+
+
+async def test_accounts_record_keeps_both_ids_and_the_source(inner, tmp_path):
+    from tooti.gateway.accounts import StoreAccounts
+
+    ledger = Ledger(inner, gateway_id="gw")
+    accounts = StoreAccounts(inner, KeyCache(inner), ledger)
+    common = {"key": None, "namespace": "", "node_peer_id": "p", "model": "m", "latency_ms": 1, "status": 200}
+    # the same client id twice: two requests, two rows (the ledger's identity is the gateway's id)
+    for n, flags in enumerate(("", "estimated", "delivered,clamped")):
+        accounts.record(
+            request_id=f"gw-req-{n}",
+            client_request_id="client-chosen",
+            prompt_tokens=10**12,
+            completion_tokens=3,
+            usage_flags=flags,
+            **common,
+        )
+    accounts.record(
+        request_id="gw-req-3",
+        usage_source="counted",
+        flags=["client_disconnected"],
+        prompt_tokens=1,
+        completion_tokens=1,
+        **common,
+    )
+    await ledger.flush()
+    rows = raw_rows(
+        f"sqlite:///{tmp_path / 'tooti.db'}",
+        "SELECT request_id, client_request_id, usage_source, flags, prompt_tokens FROM usage ORDER BY request_id",
+    )
+    assert rows == [
+        ("gw-req-0", "client-chosen", "backend", "usage_clamped", 10**9),
+        ("gw-req-1", "client-chosen", "estimated", "estimated,usage_clamped", 10**9),
+        ("gw-req-2", "client-chosen", "counted", "clamped,delivered,usage_clamped", 10**9),
+        ("gw-req-3", "", "counted", "client_disconnected", 1),
+    ]

@@ -35,6 +35,15 @@ _NAMESPACE_REFRESH = 1.0
 _VERIFIER_MAX_AGE = 2.0
 
 
+def _source_of(flags: Iterable[str]) -> str:
+    marks = {f.strip() for f in flags}
+    if "estimated" in marks:
+        return "estimated"
+    if marks & {"delivered", "counted"}:
+        return "counted"
+    return "backend"
+
+
 class StoreAccounts:
     """The app's accounts: API keys (cached), scopes, the usage ledger, health; and the
     gateway's namespace verifiers (cached, refreshed every second)."""
@@ -77,17 +86,24 @@ class StoreAccounts:
         latency_ms: int,
         status: int,
         client_request_id: str = "",
-        usage_source: str = "backend",
+        usage_source: str | None = None,
         flags: Iterable[str] = (),
+        usage_flags: str = "",
     ) -> None:
         """Queue one finished request for the ledger; never blocks, never raises for odd data.
 
         ``request_id`` must be the gateway's own id of the request (the ledger's identity of
         it); ``client_request_id`` is the client's ``X-Request-ID``, recorded only.
-        ``usage_source`` is one of ``tooti.store.USAGE_SOURCES``; ``flags`` are markers such as
-        ``usage_claim_exceeded``.  Every value is normalised (``tooti.store.usage``): text
-        cleaned and bounded, token figures clamped to [0, 10^9] and flagged ``usage_clamped``.
+        ``usage_source`` is one of ``tooti.store.USAGE_SOURCES``; ``flags`` (an iterable) and
+        ``usage_flags`` (comma-separated) are markers such as ``clamped`` or ``estimated``, and
+        both are kept.  Without ``usage_source`` it follows from the flags: ``estimated`` ->
+        "estimated", ``delivered``/``counted`` -> "counted", otherwise "backend".  Every value is
+        normalised (``tooti.store.usage``): text cleaned and bounded, token figures clamped to
+        [0, 10^9] and flagged ``usage_clamped``.
         """
+        marks = [*(flags.split(",") if isinstance(flags, str) else flags), *usage_flags.split(",")]
+        if usage_source is None:
+            usage_source = _source_of(marks)
         self.ledger.record(
             UsageRow(
                 request_id=request_id,
@@ -103,7 +119,7 @@ class StoreAccounts:
                 gateway_id="",
                 client_request_id=client_request_id,
                 usage_source=usage_source,
-                flags=",".join(flags) if not isinstance(flags, str) else flags,
+                flags=",".join(m for m in marks if m),
             )
         )
 
