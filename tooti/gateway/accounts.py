@@ -127,7 +127,12 @@ class StoreAccounts:
         # The probe (namespace refresh) and the ledger's writes speak for the database; the key
         # cache's last lookup does not, as it only looks when a key's entry is stale.
         ok = self.ledger.db_ok and self.namespaces_ok
-        out: dict[str, Any] = {"ok": ok, "pending_usage_rows": self.ledger.pending}
+        out: dict[str, Any] = {
+            "ok": ok,
+            "pending_usage_rows": self.ledger.pending,
+            # pending, written, dead_lettered, lost, clamped, normalised, last_flush_latency_ms
+            "usage_ledger": self.ledger.stats(),
+        }
         if not ok:
             out["error"] = "database unavailable" + (
                 f": {self.keys.last_error}" if self.keys.last_error else ""
