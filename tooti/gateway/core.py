@@ -30,7 +30,7 @@ from .relay import StreamPool, reset_quietly
 
 log = logging.getLogger("tooti.gateway")
 
-#: namespace -> (stored secret hash, allowed peer ids), or None when no such namespace
+#: namespace -> its verifier (public keys, allowed peer ids, revision), or None when unknown
 NamespaceCheck = Callable[[str], Awaitable[NamespaceVerifier | None]]
 
 _HELLO_TIMEOUT = 10.0

@@ -19,6 +19,7 @@ from __future__ import annotations
 import trio
 
 from ._base import (
+    USAGE_SOURCES,
     AlreadyExists,
     ApiKey,
     Backend,
@@ -34,6 +35,7 @@ from ._base import (
 from ._store import Store
 
 __all__ = [
+    "USAGE_SOURCES",
     "AlreadyExists",
     "ApiKey",
     "Namespace",
