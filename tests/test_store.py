@@ -295,11 +295,11 @@ def exec_raw(url: str, sql: str) -> None:
         conn.execute(sql)
 
 
-async def test_a_stolen_database_copy_admits_nobody(tmp_path):
-    """Copy the SQLite files as a thief would, read every column of every row, and try each
-    value every way it could serve as a namespace credential: none verifies; only the
-    private keys (which were never stored) do."""
-    url = f"sqlite:///{tmp_path / 'live.db'}"
+async def test_a_stolen_database_copy_admits_nobody(tmp_path, store_url):
+    """Copy the SQLite files as a thief would (on PostgreSQL: read it all, as a dump would),
+    read every column of every row, and try each value every way it could serve as a
+    namespace credential: none verifies; only the private keys (never stored) do."""
+    url = f"sqlite:///{tmp_path / 'live.db'}" if store_url.startswith("sqlite") else store_url
     store = await open_store(url)
     privates: dict[str, str] = {}
     try:
@@ -317,15 +317,18 @@ async def test_a_stolen_database_copy_admits_nobody(tmp_path):
         await store.create_api_key(owner="x")
         await store.record_usage([usage("r1")])
         # the thief copies while the gateway runs: database, -wal and -shm
-        stolen = tmp_path / "stolen"
-        stolen.mkdir()
-        for f in tmp_path.iterdir():
-            if f.name.startswith("live.db"):
-                shutil.copy(f, stolen / f.name)
+        stolen_url = url
+        if url.startswith("sqlite"):
+            stolen = tmp_path / "stolen"
+            stolen.mkdir()
+            for f in tmp_path.iterdir():
+                if f.name.startswith("live.db"):
+                    shutil.copy(f, stolen / f.name)
+            stolen_url = f"sqlite:///{stolen / 'live.db'}"
         verifiers = await store.namespace_verifiers()
     finally:
         await store.aclose()
-    values = all_stored_values(f"sqlite:///{stolen / 'live.db'}")
+    values = all_stored_values(stolen_url)
     assert {t for t, _, _ in values} >= {"namespaces", "namespace_keys", "api_keys", "usage"}
     nonce = os.urandom(32)
     for _, _, value in values:
