@@ -8,6 +8,7 @@ misconfigured pipeline cannot silently skip them.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import Iterator
@@ -145,9 +146,10 @@ def _pg_bindir() -> str | None:
     return os.path.dirname(initdb) if initdb else None
 
 
-@pytest.fixture
-def pg_cluster() -> Iterator[Cluster]:
-    """A fresh, private PostgreSQL cluster (role ``tooti``, trust auth on 127.0.0.1)."""
+@contextlib.contextmanager
+def private_cluster() -> Iterator[Cluster]:
+    """A fresh, private PostgreSQL cluster (role ``tooti``, trust auth on 127.0.0.1), removed
+    afterwards. Skips (fails under CI) when the server binaries are missing."""
     import shutil
     import socket
     import tempfile
@@ -178,3 +180,10 @@ def pg_cluster() -> Iterator[Cluster]:
         except Exception:
             pass
         shutil.rmtree(datadir, ignore_errors=True)
+
+
+@pytest.fixture
+def pg_cluster() -> Iterator[Cluster]:
+    """A private PostgreSQL cluster for one test (see :func:`private_cluster`)."""
+    with private_cluster() as cluster:
+        yield cluster

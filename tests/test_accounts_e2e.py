@@ -18,7 +18,7 @@ import pytest
 import trio
 
 from tests import _procs
-from tests._pg import _with_dbname, postgres_admin_url, raw_rows
+from tests._pg import Cluster, private_cluster, raw_rows
 from tests.conftest import logs_text, wait_for_models
 
 
@@ -35,20 +35,19 @@ def _cli(db: str, *args: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def pg_db() -> Iterator[str]:
-    import psycopg
-
-    admin = postgres_admin_url()
-    name = f"tooti_e2e_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    yield _with_dbname(admin, name)
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+def cluster() -> Iterator[Cluster]:
+    # A private server: the outage test stops it, which must not disturb anything else.
+    with private_cluster() as c:
+        yield c
 
 
 @pytest.fixture(scope="module")
-def world(pg_db: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+def pg_db(cluster: Cluster) -> str:
+    return cluster.url
+
+
+@pytest.fixture(scope="module")
+def world(pg_db: str, cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     tmp = tmp_path_factory.mktemp("accounts")
     _cli(pg_db, "db", "migrate")
     acme_key_text = _cli(pg_db, "namespace", "create", "acme", "--owner", "acme-corp")
@@ -80,6 +79,7 @@ def world(pg_db: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict
         wait_for_models(gw.base_url, {"acme:loopback", "beta:loopback"}, headers=headers)
     yield {
         "db": pg_db,
+        "cluster": cluster,
         "tmp": tmp,
         "gws": [gw1, gw2],
         "nodes": nodes,
@@ -196,13 +196,14 @@ def test_ledger_matches_what_clients_saw(world: dict) -> None:
     seen.append((rid, 3, 3))
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        rows = {
-            r[0]: r[1:]
-            for r in raw_rows(
-                world["db"],
-                "SELECT request_id, prompt_tokens, completion_tokens, namespace, model, status FROM usage",
-            )
-        }
+        rows = {}
+        for r in raw_rows(
+            world["db"],
+            "SELECT request_id, client_request_id, prompt_tokens, completion_tokens, namespace, model, status"
+            " FROM usage",
+        ):
+            # the id the client saw is the gateway's (request_id) or its own (client_request_id)
+            rows[r[0]] = rows[r[1]] = r[2:]
         if all(rid in rows for rid, _, _ in seen):
             break
         time.sleep(0.1)
@@ -276,26 +277,16 @@ def test_no_secret_in_any_log(world: dict) -> None:
         assert secret.split("-")[-1] not in text
 
 
-def _cluster() -> tuple[str, str]:
-    out = subprocess.run(["pg_lsclusters", "--no-header"], capture_output=True, text=True, check=True).stdout
-    version, name = out.split()[:2]
-    return version, name
-
-
 def test_database_outage_under_load(world: dict) -> None:
     """PostgreSQL stopped for a few seconds: cached keys keep serving, /healthz and the log say
     the database is down, and every usage row is written once it is back."""
-    import shutil
-
-    if shutil.which("pg_ctlcluster") is None or "127.0.0.1" not in world["db"]:
-        pytest.skip("needs the local Debian PostgreSQL cluster to stop and start it")
-    version, name = _cluster()
+    cluster = world["cluster"]
     gws = world["gws"]
     for gw in gws:  # the key is verified and cached on both gateways
         assert _chat(gw, world["any_key"], "acme:loopback").status_code == 200
     tag = f"outage-{uuid.uuid4().hex[:8]}"
     sent = 0
-    subprocess.run(["pg_ctlcluster", version, name, "stop", "-m", "fast"], check=True)
+    cluster.stop()
     try:
         degraded: set[int] = set()
         stopped_at = time.monotonic()
@@ -314,13 +305,17 @@ def test_database_outage_under_load(world: dict) -> None:
                     degraded.add(i)
         assert degraded == {0, 1}, "/healthz did not report the database down"
     finally:
-        subprocess.run(["pg_ctlcluster", version, name, "start"], check=True)
+        cluster.start()
     for gw in gws:
         assert "database unavailable" in gw.proc.log.read_text()
     deadline = time.monotonic() + 30
     while True:
         try:
-            count = raw_rows(world["db"], f"SELECT COUNT(*) FROM usage WHERE request_id LIKE '{tag}-%'")[0][0]
+            count = raw_rows(
+                world["db"],
+                # the client's X-Request-ID: the ledger keys rows by the gateway's own id
+                f"SELECT COUNT(*) FROM usage WHERE client_request_id LIKE '{tag}-%' OR request_id LIKE '{tag}-%'",
+            )[0][0]
         except Exception:
             count = -1
         if count == sent:
