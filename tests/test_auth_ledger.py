@@ -508,3 +508,20 @@ async def test_accounts_record_keeps_both_ids_and_the_source(inner, tmp_path):
         ("gw-req-2", "client-chosen", "counted", "clamped,delivered,usage_clamped", 10**9),
         ("gw-req-3", "", "counted", "client_disconnected", 1),
     ]
+
+
+async def test_made_up_namespace_names_cannot_flood_the_store(inner):
+    from tooti.gateway.accounts import StoreAccounts
+
+    class Counting:
+        calls = 0
+
+        async def namespace_verifier(self, name: str) -> None:
+            Counting.calls += 1
+
+    accounts = StoreAccounts(inner, KeyCache(inner), Ledger(inner, gateway_id="gw"))
+    accounts._apply_verifiers(await inner.namespace_verifiers())  # a fresh, empty cache
+    accounts.store = Counting()  # type: ignore[assignment]
+    for i in range(500):
+        assert await accounts.namespace_check(f"made-up-{i}") is None
+    assert Counting.calls <= 10

@@ -8,6 +8,7 @@ several); nothing about nodes is ever stored in it.
 
 from __future__ import annotations
 
+import collections
 import logging
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
@@ -33,6 +34,8 @@ log = logging.getLogger("tooti.gateway")
 _NAMESPACE_REFRESH = 1.0
 # A cached verifier older than this is re-read from the store before a node is admitted with it.
 _VERIFIER_MAX_AGE = 2.0
+# Reads per second for names a fresh cache does not know (a namespace created a moment ago).
+_DIRECT_LOOKUPS = 10
 
 
 def _source_of(flags: Iterable[str]) -> str:
@@ -57,6 +60,7 @@ class StoreAccounts:
         self.verifiers: dict[str, NamespaceVerifier] = {}
         self._verifiers_at: float | None = None  # trio clock of the last successful refresh
         self._on_change: list[Callable[[set[str]], None]] = []
+        self._lookups: collections.deque[float] = collections.deque()  # direct reads, last second
 
     async def authenticate(self, authorization: str | None, x_api_key: str | None) -> ApiKey:
         try:
@@ -178,8 +182,8 @@ class StoreAccounts:
         """The verifier a joining node is checked against, or None for an unknown namespace.
 
         Served from the cache while it is at most ``_VERIFIER_MAX_AGE`` old; otherwise (and
-        for a name the cache does not know, so a namespace created a moment ago works) read
-        from the store.  When the store is down a cached verifier is served, as cached API
+        for a name the cache does not know, so a namespace created a moment ago works; at most
+        ``_DIRECT_LOOKUPS`` such reads a second) read from the store.  When the store is down a cached verifier is served, as cached API
         keys are; with none, StoreUnavailable propagates: the control stream is reset and the
         node retries later, rather than being told its (possibly right) key is wrong.
         """
@@ -189,12 +193,26 @@ class StoreAccounts:
         )
         if cached is not None and fresh:
             return cached
+        if fresh and not self._may_look_up():
+            # Joining peers are not authenticated yet: a flood of made-up namespace names must
+            # not become a flood of queries. The next refresh (within a second) sees new names.
+            return None
         try:
             return await self.store.namespace_verifier(namespace)
         except StoreUnavailable:
             if cached is not None:
                 return cached
             raise
+
+    def _may_look_up(self) -> bool:
+        """At most ``_DIRECT_LOOKUPS`` store reads per second for names the cache lacks."""
+        now = trio.current_time()
+        while self._lookups and self._lookups[0] <= now - 1.0:
+            self._lookups.popleft()
+        if len(self._lookups) >= _DIRECT_LOOKUPS:
+            return False
+        self._lookups.append(now)
+        return True
 
     def _apply_verifiers(self, new: dict[str, NamespaceVerifier]) -> None:
         old, self.verifiers = self.verifiers, new
