@@ -47,11 +47,14 @@ def write(tmp_path: Path, text: str, name: str = "c.yaml") -> Path:
     return path
 
 
+NETWORK_ID = "tooti-net-pub-v1:d8SsgN1fa5sREd4oqTbPYELm05J05RdZRklkLuQaoEo"
+
+
 def node_yaml(node_extra: str = "", rest: str = "") -> str:
     return (
         "node:\n  identity_key_file: node.key\n"
         + node_extra
-        + f"network:\n  bootstrap: [{BOOTSTRAP}]\nbackend:\n  type: loopback\n"
+        + f"network:\n  id: {NETWORK_ID}\n  bootstrap: [{BOOTSTRAP}]\nbackend:\n  type: loopback\n"
         + rest
     )
 
@@ -170,18 +173,18 @@ BAD = [
     ("bad_bool_int.yaml", "node", "node.max_concurrency", 3, "expected an integer, got a boolean"),
     ("bad_missing_key.yaml", "node", "node.identity_key_file", 1, "missing required key"),
     ("bad_missing_section.yaml", "node", "network", None, "missing required section"),
-    ("bad_bootstrap_multiaddr.yaml", "node", "network.bootstrap[1]", 6, "not a valid multiaddr"),
-    ("bad_bootstrap_no_peer.yaml", "node", "network.bootstrap[0]", 5, "/p2p/<peer id>"),
-    ("bad_peer_id.yaml", "node", "network.bootstrap[0]", 5, "Invalid CID"),
-    ("bad_bootstrap_empty.yaml", "node", "network.bootstrap", 4, "at least 1"),
-    ("bad_listen_multiaddr.yaml", "node", "network.listen[0]", 5, "not a valid multiaddr"),
-    ("bad_url.yaml", "node", "backend.base_url", 7, "http:// or https://"),
-    ("bad_missing_base_url.yaml", "node", "backend.base_url", 5, "missing required key"),
-    ("bad_enum.yaml", "node", "backend.type", 6, "did you mean 'ollama'"),
+    ("bad_bootstrap_multiaddr.yaml", "node", "network.bootstrap[1]", 7, "not a valid multiaddr"),
+    ("bad_bootstrap_no_peer.yaml", "node", "network.bootstrap[0]", 6, "/p2p/<peer id>"),
+    ("bad_peer_id.yaml", "node", "network.bootstrap[0]", 6, "Invalid CID"),
+    ("bad_bootstrap_empty.yaml", "node", "network.bootstrap", 5, "at least 1"),
+    ("bad_listen_multiaddr.yaml", "node", "network.listen[0]", 6, "not a valid multiaddr"),
+    ("bad_url.yaml", "node", "backend.base_url", 8, "http:// or https://"),
+    ("bad_missing_base_url.yaml", "node", "backend.base_url", 6, "missing required key"),
+    ("bad_enum.yaml", "node", "backend.type", 7, "did you mean 'ollama'"),
     ("bad_namespace.yaml", "node", "node.namespace", 3, "must be 1-63 characters"),
-    ("bad_float.yaml", "node", "heartbeat.interval_sec", 8, "greater than 0"),
-    ("bad_float_type.yaml", "node", "models.refresh_sec", 8, "expected a number, got a string"),
-    ("bad_duplicate.yaml", "node", "node", 7, "duplicate key (first set on line 1)"),
+    ("bad_float.yaml", "node", "heartbeat.interval_sec", 9, "greater than 0"),
+    ("bad_float_type.yaml", "node", "models.refresh_sec", 9, "expected a number, got a string"),
+    ("bad_duplicate.yaml", "node", "node", 8, "duplicate key (first set on line 1)"),
     (
         "bad_env_unset.yaml",
         "node",
@@ -198,7 +201,7 @@ BAD = [
     ("bad_db_url.yaml", "gateway", "database.url", 3, "must start with sqlite:///"),
     ("bad_gateway_bootstrap.yaml", "gateway", "network.bootstrap[0]", 4, "/p2p/<peer id>"),
     ("bad_timeouts_order.yaml", "gateway", "timeouts.first_token_sec", 3, "must not exceed total_sec"),
-    ("bad_syntax.yaml", None, "", 5, "invalid YAML"),
+    ("bad_syntax.yaml", None, "", 6, "invalid YAML"),
     ("bad_not_mapping.yaml", None, "", 1, "top level must be a mapping"),
     ("bad_empty.yaml", None, "", None, "file is empty"),
     ("bad_both_kinds.yaml", None, "", 1, "both node: and gateway:"),
@@ -229,9 +232,9 @@ def test_all_problems_reported_at_once() -> None:
     assert found == [
         (3, "node.max_concurrency"),
         (4, "node.colour"),
-        (7, "network.bootstrap[0]"),
-        (10, "backend.base_url"),
-        (12, "timeouts.total_sec"),
+        (8, "network.bootstrap[0]"),
+        (11, "backend.base_url"),
+        (13, "timeouts.total_sec"),
     ]
     assert str(info.value).splitlines() == [str(p) for p in info.value.problems]
 
@@ -264,7 +267,7 @@ def test_int_accepted_for_float_but_not_float_for_int(tmp_path: Path) -> None:
 def test_list_expected(tmp_path: Path) -> None:
     path = write(tmp_path, node_yaml(rest="models:\n  allow: llama3\n"))
     (problem,) = check_file(path)[1]
-    assert (problem.key, problem.line) == ("models.allow", 8)
+    assert (problem.key, problem.line) == ("models.allow", 9)
     assert "expected a list" in problem.message
 
 
