@@ -25,6 +25,7 @@ from tooti.config import (
     load_node_config,
     run_check,
 )
+from tooti.p2p import keys
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "tests" / "data" / "config"
@@ -86,12 +87,13 @@ def test_minimal_node_gets_defaults() -> None:
 
 
 def test_full_node_values_and_env_expansion(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("TOOTI_TEST_NS_SECRET", "abc")
+    key = keys.generate(keys.NAMESPACE_PRIVATE)
+    monkeypatch.setenv("TOOTI_TEST_NS_KEY_BODY", key.split(":", 1)[1])
     monkeypatch.setenv("TOOTI_TEST_API_KEY", SECRET)
     cfg = load_node_config(DATA / "good_node_full.yaml")
     assert cfg.node.name == "box-7"
     assert cfg.node.namespace == "team_a-1"
-    assert cfg.node.namespace_key == "pre-abc-post"  # embedded reference
+    assert cfg.node.namespace_key == key  # embedded reference
     assert cfg.node.max_concurrency == 16
     assert len(cfg.network.bootstrap) == 2
     assert cfg.network.listen == ("/ip4/0.0.0.0/tcp/4002", "/ip6/::/tcp/4002")

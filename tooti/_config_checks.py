@@ -282,3 +282,17 @@ def _network_id(ctx: _yp.Ctx, node: yaml.Node, path: str) -> Any:
         return keys.check_public(value, keys.NETWORK_PUBLIC)
     except keys.KeyFormatError as exc:
         return ctx.report(node, path, f"not a network id ({exc}); `tooti network init` prints one")
+
+
+def _namespace_key(ctx: _yp.Ctx, node: yaml.Node, path: str) -> Any:
+    """A namespace private key, ``tooti-ns-key-v1:...`` (usually ${ENV}); never echoed."""
+    from tooti.p2p import keys
+
+    value = _secret(ctx, node, path)
+    if value is _yp.INVALID:
+        return value
+    try:
+        keys.public_of(value, keys.NAMESPACE_PRIVATE, keys.NAMESPACE_PUBLIC)
+    except (keys.KeyFormatError, ValueError):
+        return ctx.report(node, path, "not a namespace private key (tooti-ns-key-v1:...; see `tooti namespace create`)")
+    return value.strip()
