@@ -294,5 +294,7 @@ def _namespace_key(ctx: _yp.Ctx, node: yaml.Node, path: str) -> Any:
     try:
         keys.public_of(value, keys.NAMESPACE_PRIVATE, keys.NAMESPACE_PUBLIC)
     except (keys.KeyFormatError, ValueError):
-        return ctx.report(node, path, "not a namespace private key (tooti-ns-key-v1:...; see `tooti namespace create`)")
+        return ctx.report(
+            node, path, "not a namespace private key (tooti-ns-key-v1:...; see `tooti namespace create`)"
+        )
     return value.strip()
