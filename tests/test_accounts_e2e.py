@@ -328,3 +328,50 @@ def test_database_outage_under_load(world: dict) -> None:
         while httpx.get(gw.http + "/healthz", trust_env=False).json()["status"] != "ok":
             assert time.monotonic() < deadline, "/healthz still degraded after the database returned"
             time.sleep(0.2)
+
+
+def _namespaces_on(gw: _procs.Gateway, key: str) -> set[str]:
+    r = httpx.get(gw.base_url + "/network/nodes", headers={"Authorization": f"Bearer {key}"}, trust_env=False)
+    return {n["namespace"] for n in r.json()["data"]}
+
+
+def test_rotation_and_deletion_evict_joined_nodes_on_every_gateway(world: dict) -> None:
+    """Rotating a namespace's key or deleting the namespace takes its joined nodes out of
+    every gateway within seconds; with the old key they cannot come back."""
+    db, tmp, gws = world["db"], world["tmp"], world["gws"]
+    nodes = []
+    for ns in ("gamma", "delta"):
+        key_text = _cli(db, "namespace", "create", ns)
+        nodes.append(
+            _procs.start_node(
+                tmp,
+                f"{ns}-node",
+                gateways=[gws[0]],
+                backend={"type": "loopback"},
+                node={"namespace": ns, "namespace_key": key_text},
+            )
+        )
+    try:
+        for gw in gws:
+            wait_for_models(
+                gw.base_url,
+                {"gamma:loopback", "delta:loopback"},
+                headers={"Authorization": f"Bearer {world['any_key']}"},
+            )
+        start = time.monotonic()
+        _cli(db, "namespace", "rotate", "gamma")
+        _cli(db, "namespace", "delete", "delta")
+        deadline = start + 15
+        while any({"gamma", "delta"} & _namespaces_on(gw, world["any_key"]) for gw in gws):
+            assert time.monotonic() < deadline, "namespace change did not evict the nodes"
+            time.sleep(0.1)
+        took = time.monotonic() - start
+        print(f"\nrotated and deleted namespaces' nodes gone from both gateways in {took:.2f} s")
+        assert took < 6
+        time.sleep(2)  # they keep trying with the old key: still refused
+        assert not any({"gamma", "delta"} & _namespaces_on(gw, world["any_key"]) for gw in gws)
+        for n in nodes:
+            assert n.proc.popen.poll() is None  # backing off, not dead: a new key may come
+    finally:
+        for n in nodes:
+            n.proc.stop()
