@@ -60,6 +60,7 @@ class StoreAccounts:
         self,
         *,
         request_id: str,
+        client_request_id: str = "",
         key: ApiKey | None,
         namespace: str,
         node_peer_id: str,
@@ -68,7 +69,9 @@ class StoreAccounts:
         completion_tokens: int,
         latency_ms: int,
         status: int,
+        usage_flags: str = "",
     ) -> None:
+        # client_request_id and usage_flags are for the ledger row once it has columns for them.
         self.ledger.record(
             UsageRow(
                 request_id=request_id,

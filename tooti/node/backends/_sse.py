@@ -36,12 +36,22 @@ class EventSplitter:
 
 
 def usage_from(obj: dict[str, Any]) -> Usage | None:
+    """Usage of a chat/completions/embeddings document or chunk, or of a Responses API
+    document or its ``response.completed`` event (``input_tokens``/``output_tokens``)."""
     u = obj.get("usage")
+    if not isinstance(u, dict) and isinstance(obj.get("response"), dict):
+        u = obj["response"].get("usage")
     if not isinstance(u, dict):
         return None
-    prompt = int(u.get("prompt_tokens") or 0)
-    completion = int(u.get("completion_tokens") or 0)
-    return Usage(prompt, completion, int(u.get("total_tokens") or prompt + completion))
+    prompt = _count(u.get("prompt_tokens", u.get("input_tokens")))
+    completion = _count(u.get("completion_tokens", u.get("output_tokens")))
+    return Usage(prompt, completion, _count(u.get("total_tokens")) or prompt + completion)
+
+
+def _count(value: object) -> int:
+    """A token count as reported; anything but a non-negative integer counts as 0 (the
+    gateway checks counts against what it relayed anyway)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
 
 
 def inspect_event(event: bytes) -> tuple[Usage | None, bool]:
