@@ -274,3 +274,54 @@ def test_cors_preflight_and_headers(edge: dict) -> None:
         trust_env=False,
     )
     assert "access-control-allow-origin" not in none.headers
+
+
+def test_a_client_that_leaves_the_queue_never_reaches_the_node(edge: dict) -> None:
+    tmp, gw = edge["tmp"], edge["gw"]
+    up, up_url = _procs.start_backend("tests.standins.openai_upstream", tmp / "slot.log", "--model", "slot")
+    node = _procs.start_node(
+        tmp,
+        "slot",
+        gateways=[gw],
+        backend={"type": "openai", "base_url": up_url},
+        node={"max_concurrency": 1},
+    )
+    try:
+        wait_for_models(gw.base_url, {"slot"})
+        long = {"model": "slot", "messages": [{"role": "user", "content": "x"}], "stream": True}
+        long["x_fake"] = {"tokens": 100, "delay_ms": 30}
+        with httpx.stream(
+            "POST", gw.base_url + "/chat/completions", json=long, timeout=30, trust_env=False
+        ) as r:
+            lines = r.iter_lines()
+            next(lines)  # the node's only slot is taken
+            payload = json.dumps({**long, "stream": False}).encode()
+            with socket.create_connection(("127.0.0.1", _port(gw))) as s:
+                s.sendall(
+                    b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                    + f"Content-Length: {len(payload)}\r\n\r\n".encode()
+                    + payload
+                )
+                _until(lambda: _queue(gw)["depth"] == 1)
+            # hung up while queued: it leaves the queue at once, long before the slot frees
+            _until(lambda: _queue(gw)["depth"] == 0, timeout=1.5)
+            for _ in lines:
+                pass
+        stats = httpx.get(up_url + "/_stats", trust_env=False).json()
+        assert stats["requests"] == 1, stats  # only the stream that held the slot
+        assert _queue(gw)["abandoned"] >= 1
+    finally:
+        node.proc.stop()
+        up.stop()
+
+
+def _queue(gw: _procs.Gateway) -> dict:
+    return httpx.get(gw.base_url + "/network/nodes", trust_env=False).json()["queue"]
+
+
+def _until(cond, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
+    """Poll a condition observed in another process."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.02)
