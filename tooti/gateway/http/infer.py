@@ -124,7 +124,7 @@ class Inference:
                 )
                 progress.status = 504
                 if progress.started:
-                    await out.end_stream(send, limit)
+                    await out.end_stream(send, limit, responses_api=wire == pb.ROUTE_RESPONSES)
                 else:
                     await out.error(send, limit, ctx.response_headers)
                 progress.responded = True
@@ -235,7 +235,7 @@ class Inference:
                 progress.status = failure.status
             with trio.CancelScope(shield=True):
                 await dispatcher.finish(opened, outcome)
-        await out.end_stream(send, failure)
+        await out.end_stream(send, failure, responses_api=call.route == pb.ROUTE_RESPONSES)
         progress.responded = True
 
     async def _relay_document(

@@ -66,7 +66,21 @@ async def error(send: Send, exc: HTTPError, headers: Headers, *, close: bool = F
     await whole(send, exc.status, JSON, json.dumps(exc.body()).encode(), [*headers, *extra])
 
 
-async def end_stream(send: Send, failure: HTTPError | None) -> None:
-    """Every SSE stream ends this way: an error event if it failed, then ``[DONE]``."""
-    tail = (failure.sse_event() if failure is not None else b"") + DONE_EVENT
+async def end_stream(send: Send, failure: HTTPError | None, *, responses_api: bool = False) -> None:
+    """Every SSE stream ends this way: an error event if it failed, then ``[DONE]``.
+
+    A Responses API stream has no ``[DONE]`` (its last event says it is complete); a failure
+    there is that API's ``error`` event."""
+    if responses_api:
+        tail = b""
+        if failure is not None:
+            event = {
+                "type": "error",
+                "code": failure.code,
+                "message": failure.message,
+                "param": failure.param,
+            }
+            tail = b"event: error\ndata: " + json.dumps(event).encode() + b"\n\n"
+    else:
+        tail = (failure.sse_event() if failure is not None else b"") + DONE_EVENT
     await body(send, tail, more=False)
