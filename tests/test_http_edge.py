@@ -325,3 +325,63 @@ def _until(cond, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
     while not cond():
         assert time.monotonic() < deadline, "condition not reached in time"
         time.sleep(0.02)
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        (b'{"model":"fake","messages":' + b"[" * 100_000 + b"]" * 100_000 + b"}", None),
+        (
+            b'{"model":"fake","messages":[{"role":"user","content":[{"type":"text","text":5}]}]}',
+            "messages[0].content[0].text",
+        ),
+        (b'{"model":"fake","messages":[{"role":"user","content":7}]}', "messages[0].content"),
+        (b'{"model":"fa\\u0000ke","messages":[]}', "model"),
+    ],
+)
+def test_malformed_requests_are_400_and_never_reach_a_node(
+    edge: dict, body: bytes, param: str | None
+) -> None:
+    gw = edge["gw"]
+    before = httpx.get(edge["up"] + "/_stats", trust_env=False).json()["requests"]
+    r = httpx.post(gw.base_url + "/chat/completions", content=body, trust_env=False)
+    assert r.status_code == 400, r.text
+    validate("ErrorResponse", r.json())
+    if param is not None:
+        assert r.json()["error"]["param"] == param
+    assert httpx.get(edge["up"] + "/_stats", trust_env=False).json()["requests"] == before
+
+
+def test_a_non_streamed_answer_above_the_limit_is_502(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    up, up_url = _procs.start_backend(
+        "tests.standins.openai_upstream", tmp_path / "big.log", "--model", "big"
+    )
+    gw = _procs.start_gateway(
+        tmp_path, "gw", auth="open", extra={"gateway": {"max_response_bytes": 64 * 1024}}
+    )
+    node = _procs.start_node(tmp_path, "n", gateways=[gw], backend={"type": "openai", "base_url": up_url})
+    try:
+        wait_for_models(gw.base_url, {"big"})
+        for _ in range(3):
+            r = httpx.post(
+                gw.base_url + "/chat/completions",
+                json={
+                    "model": "big",
+                    "messages": [{"role": "user", "content": "x"}],
+                    "x_fake": {"tokens": 200_000},
+                },
+                timeout=60,
+                trust_env=False,
+            )
+            assert r.status_code == 502 and r.json()["error"]["code"] == "response_too_large"
+        rss_kb = int(
+            next(
+                line for line in open(f"/proc/{gw.proc.popen.pid}/status") if line.startswith("VmRSS")
+            ).split()[1]
+        )
+        assert rss_kb < 300 * 1024
+        nodes = httpx.get(gw.base_url + "/network/nodes", trust_env=False).json()["data"]
+        assert nodes[0]["failures"] == 0  # the gateway's limit, not the node's failure
+    finally:
+        for p in (node.proc, gw.proc, up):
+            p.stop()
