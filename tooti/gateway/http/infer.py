@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import math
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -123,16 +124,16 @@ class Inference:
                     code="timeout",
                 )
                 progress.status = 504
+                progress.responded = True  # before the last send: Hypercorn signals the end inside it
                 if progress.started:
                     await out.end_stream(send, limit, responses_api=wire == pb.ROUTE_RESPONSES)
                 else:
                     await out.error(send, limit, ctx.response_headers)
-                progress.responded = True
         except HTTPError as exc:
             progress.status = exc.status
             if not progress.started:
-                await out.error(send, exc, ctx.response_headers)
                 progress.responded = True
+                await out.error(send, exc, ctx.response_headers)
         finally:
             if call is not None and progress.node:
                 self._record(ctx, call, key, body, len(raw), progress, started)
@@ -204,11 +205,22 @@ class Inference:
         try:
             await out.start(send, 200, out.EVENT_STREAM, headers)
             progress.started = True
+            # timeouts.first_token_sec also bounds the wait for the first token, not only for
+            # the head: servers send a role-only chunk at once and then think. The deadline is
+            # lifted at the first content delta, or at the second block (tool-call deltas).
+            first_token = trio.CancelScope(deadline=trio.current_time() + self._first_token_timeout())
+            blocks = 0
             try:
-                async for block in ex.data():
-                    counter.feed(block)
-                    progress.delivered += len(block)
-                    await out.body(send, block, more=True)
+                with first_token:
+                    async for block in ex.data():
+                        counter.feed(block)
+                        blocks += 1
+                        if counter.deltas or blocks > 1:
+                            first_token.deadline = math.inf
+                        progress.delivered += len(block)
+                        await out.body(send, block, more=True)
+                if first_token.cancelled_caught:
+                    raise trio.TooSlowError
                 end = ex.end
                 outcome = Outcome.OK
                 if end is not None and end.HasField("usage"):
@@ -235,8 +247,12 @@ class Inference:
                 progress.status = failure.status
             with trio.CancelScope(shield=True):
                 await dispatcher.finish(opened, outcome)
-        await out.end_stream(send, failure, responses_api=call.route == pb.ROUTE_RESPONSES)
+        # Responded before the last send: Hypercorn ends the request (http.disconnect) inside it.
         progress.responded = True
+        await out.end_stream(send, failure, responses_api=call.route == pb.ROUTE_RESPONSES)
+
+    def _first_token_timeout(self) -> float:
+        return self._gw.dispatcher.first_token_timeout
 
     async def _relay_document(
         self, ctx: RequestContext, opened: Opened, send: Any, progress: _Progress
@@ -282,9 +298,9 @@ class Inference:
         progress.status = client_status(whole.head.status)
         content_type = _content_type(whole.head.content_type)
         headers = [(b"x-tooti-node", whole.entry.peer_id.encode()), *ctx.response_headers]
-        await out.whole(send, progress.status, content_type, whole.body, headers)
         progress.complete = True
-        progress.responded = True
+        progress.responded = True  # before the send: Hypercorn ends the request inside it
+        await out.whole(send, progress.status, content_type, whole.body, headers)
 
     def _record(
         self,
