@@ -79,6 +79,13 @@ def test_a_node_whose_backend_lacks_the_route_says_so(net: dict) -> None:
     assert info.value.status_code == 501
     validate("ErrorResponse", info.value.response.json())
     assert info.value.code == "unsupported_route"
+    nodes = httpx.get(net["gw"].base_url + "/network/nodes", trust_env=False).json()["data"]
+    loop = next(n for n in nodes if "loopback" in n["models"])
+    assert loop["unsupported_routes"] == ["/v1/responses"] and loop["failures"] == 0
+    # known now: answered at the gateway, without asking the node again
+    with pytest.raises(openai.APIStatusError) as again:
+        client.responses.create(model="loopback", input="hi")
+    assert again.value.status_code == 501
 
 
 def test_passthrough_route_tokenize(net: dict) -> None:

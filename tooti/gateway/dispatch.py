@@ -65,6 +65,7 @@ class Opened:
     entry: NodeEntry
     namespace: str
     model: str
+    path: str = ""
 
 
 @dataclasses.dataclass(slots=True)
@@ -155,6 +156,9 @@ class Dispatcher:
 
     # -- the loop ---------------------------------------------------------------------------
 
+    def _candidates(self, model: str, scope: set[str] | None, path: str) -> list[NodeEntry]:
+        return [e for e in self._registry.serving(model, scope) if path not in e.unsupported]
+
     def _targets(self, call: Call) -> tuple[str | None, str, set[str] | None]:
         namespace, model = self.resolve(call.model_ref)
         allowed = call.allowed_namespaces
@@ -200,14 +204,16 @@ class Dispatcher:
         refusal: HTTPError | None = None  # the last node's "cannot serve this" answer
         admission = self.admission
         while True:
-            candidates = self._registry.serving(model, scope)
+            candidates = self._candidates(model, scope, call.path)
             if refusal is not None and all(e.peer_id in tried for e in candidates):
                 raise refusal  # every node was asked and none can serve it
+            if not candidates and self._registry.serving(model, scope):
+                raise _unsupported(call)  # every node serving it is known to lack the route
             try:
                 entry = await admission.acquire(
                     call.caller,
                     call.model_ref,
-                    lambda: self._registry.serving(model, scope),
+                    lambda: self._candidates(model, scope, call.path),
                     tried,
                     priority=call.priority,
                     deadline=min(deadline, time.monotonic() + admission.timeout),
@@ -254,7 +260,7 @@ class Dispatcher:
             except BaseException:
                 admission.release(entry)
                 raise
-            opened = Opened(ex, entry, entry.namespace, model)
+            opened = Opened(ex, entry, entry.namespace, model, call.path)
             if ex.head.status != 200:
                 retry = await self._refused(opened)
                 if retry == "busy":
@@ -300,12 +306,13 @@ class Dispatcher:
             await self.finish(opened, Outcome.GATEWAY_LIMIT)
             return "busy"
         mapped = error_from_answer(ex.head, b"".join(chunks), error)
-        if error is not None and error.code in ("model_not_found", "unsupported_route"):
-            # This node cannot serve it (its model list changed, or its backend lacks the
-            # route); another may.
+        if error is not None and error.code == "model_not_found":
+            # Its model list changed since its last heartbeat; another node may serve it.
             await self.finish(opened, Outcome.GATEWAY_LIMIT)
             return "elsewhere", mapped
-        if _code_of(chunks) == "unsupported_route":
+        if mapped.code == "unsupported_route" or _code_of(chunks) == "unsupported_route":
+            # Its backend lacks the route: remember, and try a node whose backend has it.
+            entry.unsupported.add(opened.path)
             await self.finish(opened, Outcome.GATEWAY_LIMIT)
             return "elsewhere", mapped
         # A refusal of the client's request (4xx) says nothing about the node's health.
@@ -338,6 +345,14 @@ class Dispatcher:
             with trio.CancelScope(shield=True):
                 await self.finish(opened, outcome)
         return Whole(ex.head, b"".join(chunks), ex.end, opened.entry, opened.namespace, opened.model)
+
+
+def _unsupported(call: Call) -> HTTPError:
+    return HTTPError(
+        501,
+        f"no node serving '{call.model_ref}' has a backend that serves {call.method} {call.path}",
+        code="unsupported_route",
+    )
 
 
 def _code_of(chunks: list[bytes]) -> str | None:

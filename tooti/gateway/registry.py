@@ -38,6 +38,9 @@ class NodeEntry:
     # Until then the node is taken as full: it answered "busy" (its slots are held by other
     # gateways' requests, which this gateway cannot count).
     saturated_until: float = 0.0
+    # Paths the node answered 501 unsupported_route for (its backend lacks them): learned
+    # from its answers, reset when it rejoins.
+    unsupported: set[str] = dataclasses.field(default_factory=set)
 
     def load(self) -> int:
         """This gateway's own open exchanges with the node: exact and current for its own

@@ -128,6 +128,8 @@ def create_admin(gw: Gateway, accounts: Accounts | None) -> QuartTrio:
                 "live": now - e.last_seen <= gw.registry.ttl,
                 "failures": e.failures,
                 "version": e.version,
+                # routes its backend refused with 501 (learned from its answers)
+                "unsupported_routes": sorted(e.unsupported),
             }
             for e in visible(list(gw.registry.all()), scope)
         ]
