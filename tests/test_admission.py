@@ -68,9 +68,9 @@ async def test_slots_are_exact_and_waiters_get_them_in_order() -> None:
 
 
 async def test_one_callers_batch_does_not_delay_anothers_request() -> None:
-    """Key A queues 50 requests, then key B one. With one slot, B is served after at most
-    one more of A's (the one granted in A's turn of the round-robin): the bound is
-    1 per other caller with waiters."""
+    """Key A queues 50 requests, then key B one. With one slot, B gets the next slot that
+    frees: none of A's queued requests goes first (in general: at most one grant per other
+    caller with waiters)."""
     node = _node("n", 1)
     adm = _admission()
     order: list[str] = []
@@ -90,8 +90,29 @@ async def test_one_callers_batch_does_not_delay_anothers_request() -> None:
         await nursery.start(request, "B")
         await trio.testing.wait_all_tasks_blocked()
         adm.release(holder)
-    assert order.index("B") <= 1, order[:5]
+    assert order.index("B") == 0, order[:5]
     assert len(order) == 51
+
+
+async def test_round_robin_across_three_callers() -> None:
+    node = _node("n", 1)
+    adm = _admission()
+    order: list[str] = []
+    holder = await adm.acquire("A", "m", lambda: [node], set())
+
+    async def request(caller: str, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        entry = await adm.acquire(caller, "m", lambda: [node], set())
+        order.append(caller)
+        await trio.lowlevel.checkpoint()
+        adm.release(entry)
+
+    async with trio.open_nursery() as nursery:
+        for caller in ["A"] * 4 + ["B"] * 4 + ["C"] * 4:
+            await nursery.start(request, caller)
+        await trio.testing.wait_all_tasks_blocked()
+        adm.release(holder)
+    assert order == ["B", "C", "A"] * 4, order
 
 
 async def test_priority_orders_one_callers_requests() -> None:

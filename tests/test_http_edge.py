@@ -385,3 +385,53 @@ def test_a_non_streamed_answer_above_the_limit_is_502(tmp_path) -> None:  # type
     finally:
         for p in (node.proc, gw.proc, up):
             p.stop()
+
+
+def test_fairness_one_keys_batch_does_not_starve_anothers_request(edge: dict) -> None:
+    """Key A queues 50 requests for a node with one slot, then key B sends one. B gets the
+    next free slot: at most the A request in service when B arrived finishes before B, plus
+    one that may finish while B's request is still on its way to the gateway (bound 2)."""
+    tmp, gw = edge["tmp"], edge["gw"]
+    up, up_url = _procs.start_backend("tests.standins.openai_upstream", tmp / "fair.log", "--model", "fair")
+    node = _procs.start_node(
+        tmp,
+        "fair",
+        gateways=[gw],
+        backend={"type": "openai", "base_url": up_url},
+        node={"max_concurrency": 1},
+    )
+    done: list[tuple[str, float]] = []
+    body = {
+        "model": "fair",
+        "messages": [{"role": "user", "content": "x"}],
+        "x_fake": {"tokens": 4, "delay_ms": 20},
+    }
+
+    def ask(key: str) -> None:
+        r = httpx.post(
+            gw.base_url + "/chat/completions",
+            json=body,
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=120,
+            trust_env=False,
+        )
+        assert r.status_code == 200, r.text
+        done.append((key, time.monotonic()))
+
+    try:
+        wait_for_models(gw.base_url, {"fair"})
+        with ThreadPoolExecutor(51) as pool:
+            batch = [pool.submit(ask, "key-A") for _ in range(50)]
+            _until(lambda: _queue(gw)["depth"] >= 30, timeout=30)  # A has a long queue
+            sent_b = time.monotonic()
+            b = pool.submit(ask, "key-B")
+            b.result(timeout=60)
+            for f in batch:
+                f.result(timeout=120)
+        b_at = next(t for k, t in done if k == "key-B")
+        a_between = sum(1 for k, t in done if k == "key-A" and sent_b <= t < b_at)
+        assert a_between <= 2, a_between
+        assert len(done) == 51
+    finally:
+        node.proc.stop()
+        up.stop()

@@ -7,9 +7,11 @@ slot frees, its deadline passes (then ``QueueTimeout``: the client gets 503 + Re
 its client goes away (the waiter is removed at once, and never reaches a node).
 
 Fairness: waiting requests are grouped by caller (the API key; in open mode the presented
-credential). Freed slots go round-robin across callers, one grant per caller per round, so a
-caller with 200 queued requests delays another caller's single request by at most one grant
-per other caller with waiters. Within a caller, higher ``priority`` first, then FIFO.
+credential). Freed slots go round-robin across callers, least recently served first (a caller
+that gets a slot goes to the back; a caller that starts waiting goes in front of the one served
+last), so a caller with 200 queued requests delays another caller's single request by no grant
+at all, and in general by at most one grant per other caller with waiters. Within a caller,
+higher ``priority`` first, then FIFO.
 
 Slots free in three ways: an exchange ends (``release``), a node joins or reports in, a
 cool-down or "busy" mark expires. The first wakes the queue at once; the others are noticed by
@@ -79,6 +81,7 @@ class Admission:
         self._arrivals = itertools.count()
         self._depth = 0
         self._last_pump = 0.0
+        self._last_served = ""
         self.timed_out = 0  # counters for /v1/network/nodes and metrics
         self.abandoned = 0
 
@@ -114,6 +117,7 @@ class Admission:
             entry = self._pick(candidates(), exclude)
             if entry is not None:
                 entry.local_in_flight += 1
+                self._last_served = caller
                 return entry
         queue = self._queues.get(caller)
         if self._depth >= self.max_queued:
@@ -164,6 +168,7 @@ class Admission:
                     continue
                 if self._grant_one(queue, full):
                     progressed = True
+                    self._last_served = caller
                     if caller in self._queues:
                         self._ring.remove(caller)
                         self._ring.append(caller)
@@ -188,7 +193,12 @@ class Admission:
         queue = self._queues.get(w.caller)
         if queue is None:
             queue = self._queues[w.caller] = []
-            self._ring.append(w.caller)
+            # A new caller has been served less recently than the caller just served (at the
+            # back of the ring): it goes in front of that one.
+            if self._ring and self._ring[-1] == self._last_served:
+                self._ring.insert(len(self._ring) - 1, w.caller)
+            else:
+                self._ring.append(w.caller)
         # Insert in (priority, arrival) order; a new waiter of equal priority goes last.
         i = len(queue)
         while i > 0 and queue[i - 1].order > w.order:
