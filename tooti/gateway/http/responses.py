@@ -28,7 +28,14 @@ EVENT_STREAM = b"text/event-stream"
 
 
 def shielded(send: Send) -> Send:
+    """``send`` whose last message of a response cannot be interrupted. Only that one needs
+    it (Hypercorn closes or recycles the connection inside it); the pieces of a stream go
+    straight through, saving a cancel scope per chunk."""
+
     async def send_shielded(message: dict[str, Any]) -> None:
+        if message.get("more_body"):
+            await send(message)
+            return
         with trio.CancelScope(shield=True):
             await send(message)
 
