@@ -79,3 +79,15 @@ def test_a_hang_up_is_billed_what_was_delivered() -> None:
         complete=False,
     )
     assert b.completion_tokens == 2900 and b.prompt_tokens == 100 and b.flags == "estimated"
+
+
+def test_cors_origin_patterns() -> None:
+    from tooti.gateway.http.asgi import LOCALHOST_ORIGINS, _origin_allowed
+
+    local = frozenset(LOCALHOST_ORIGINS)
+    assert _origin_allowed("http://localhost:5173", local)
+    assert _origin_allowed("http://127.0.0.1:3000", local)
+    assert not _origin_allowed("http://localhost.evil.example:3000", local)
+    assert not _origin_allowed("https://example.com", local)
+    assert not _origin_allowed("http://localhost:abc", local)
+    assert _origin_allowed("https://app.example", frozenset({"https://app.example"}))

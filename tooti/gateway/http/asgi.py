@@ -137,9 +137,10 @@ class EdgeApp:
         if not self._cors:
             return []
         origin = next((v.decode("latin-1") for k, v in headers if k == b"origin"), None)
-        if origin is None or not (origin in self._cors or "*" in self._cors):
+        if origin is None or not _origin_allowed(origin, self._cors):
             return []
-        allow = b"*" if "*" in self._cors and origin not in self._cors else origin.encode("latin-1")
+        # Echo the origin (not "*") so that credentialed browser requests work too.
+        allow = origin.encode("latin-1")
         requested = next((v for k, v in headers if k == b"access-control-request-headers"), None)
         return [
             (b"access-control-allow-origin", allow),
@@ -173,6 +174,19 @@ class EdgeApp:
             await out.body(send, b"", more=False)
             return
         await out.error(send, error, ctx.response_headers, close=close)
+
+
+#: what ``tooti up`` allows: browser apps served from this machine, on any port
+LOCALHOST_ORIGINS = ("http://localhost:*", "http://127.0.0.1:*", "http://[::1]:*")
+
+
+def _origin_allowed(origin: str, allowed: frozenset[str]) -> bool:
+    """Whether ``origin`` is listed: exactly, by ``"*"``, or by an entry ending in ``:*``
+    (any port of that scheme and host)."""
+    if origin in allowed or "*" in allowed:
+        return True
+    scheme_host, sep, port = origin.rpartition(":")
+    return bool(sep) and port.isdigit() and f"{scheme_host}:*" in allowed
 
 
 def _is_admin(path: str) -> bool:
