@@ -105,7 +105,7 @@ def _raw_exchange(port: int, head: bytes, body: bytes) -> tuple[bytes, str]:
             pass
         first = _read_response(s)
         ok = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
-        started = time.monotonic()
+        s.settimeout(1.0)  # an answer or a close within 1 s, else it counts as hung
         try:
             s.sendall(ok)
             second = _read_response(s)
@@ -114,7 +114,6 @@ def _raw_exchange(port: int, head: bytes, body: bytes) -> tuple[bytes, str]:
             outcome = "closed"
         except TimeoutError:
             outcome = "hung"
-        assert time.monotonic() - started < 1.5 or outcome != "hung"
         return first, outcome
 
 
@@ -432,6 +431,46 @@ def test_fairness_one_keys_batch_does_not_starve_anothers_request(edge: dict) ->
         a_between = sum(1 for k, t in done if k == "key-A" and sent_b <= t < b_at)
         assert a_between <= 2, a_between
         assert len(done) == 51
+    finally:
+        node.proc.stop()
+        up.stop()
+
+
+def test_a_node_busy_with_another_gateways_request_requeues_instead_of_503(edge: dict) -> None:
+    """The node's one slot is taken through gateway "gw"; gateway "short" cannot count that,
+    sends its request, gets "busy", and waits in its queue until the slot frees: a 200."""
+    tmp, gw, other = edge["tmp"], edge["gw"], edge["short"]
+    up, up_url = _procs.start_backend(
+        "tests.standins.openai_upstream", tmp / "shared.log", "--model", "shared"
+    )
+    node = _procs.start_node(
+        tmp,
+        "shared",
+        gateways=[gw, other],
+        backend={"type": "openai", "base_url": up_url},
+        node={"max_concurrency": 1},
+    )
+    try:
+        wait_for_models(gw.base_url, {"shared"})
+        wait_for_models(other.base_url, {"shared"})
+        long = {"model": "shared", "messages": [{"role": "user", "content": "x"}], "stream": True}
+        long["x_fake"] = {"tokens": 40, "delay_ms": 25}
+        with httpx.stream(
+            "POST", gw.base_url + "/chat/completions", json=long, timeout=30, trust_env=False
+        ) as r:
+            lines = r.iter_lines()
+            next(lines)  # the node's only slot is held by gw's request
+            queued = httpx.post(
+                other.base_url + "/chat/completions",
+                json={"model": "shared", "messages": [{"role": "user", "content": "y"}]},
+                timeout=30,
+                trust_env=False,
+            )
+            for _ in lines:
+                pass
+        assert queued.status_code == 200, queued.text
+        nodes = httpx.get(other.base_url + "/network/nodes", trust_env=False).json()["data"]
+        assert all(n["failures"] == 0 for n in nodes)
     finally:
         node.proc.stop()
         up.stop()
