@@ -201,10 +201,10 @@ class Inference:
             (b"x-tooti-node", opened.entry.peer_id.encode()),
             *ctx.response_headers,
         ]
-        progress.status = 200
         try:
-            await out.start(send, 200, out.EVENT_STREAM, headers)
-            progress.started = True
+            # The response head goes out with the first block, not before: until then a
+            # failure is still an HTTP error status (a 504, a 502, the backend's refusal),
+            # not an event inside a 200 stream.
             # timeouts.first_token_sec also bounds the wait for the first token, not only for
             # the head: servers send a role-only chunk at once and then think. The deadline is
             # lifted at the first content delta, or at the second block (tool-call deltas).
@@ -218,6 +218,9 @@ class Inference:
                         if counter.deltas or blocks > 1:
                             first_token.deadline = math.inf
                         progress.delivered += len(block)
+                        if not progress.started:
+                            progress.status, progress.started = 200, True
+                            await out.start(send, 200, out.EVENT_STREAM, headers)
                         await out.body(send, block, more=True)
                 if first_token.cancelled_caught:
                     raise trio.TooSlowError
@@ -247,6 +250,11 @@ class Inference:
                 progress.status = failure.status
             with trio.CancelScope(shield=True):
                 await dispatcher.finish(opened, outcome)
+        if not progress.started:
+            if failure is not None:
+                raise failure  # nothing sent yet: the client gets it as an HTTP error
+            progress.status, progress.started = 200, True
+            await out.start(send, 200, out.EVENT_STREAM, headers)
         # Responded before the last send: Hypercorn ends the request (http.disconnect) inside it.
         progress.responded = True
         await out.end_stream(send, failure, responses_api=call.route == pb.ROUTE_RESPONSES)

@@ -9,9 +9,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from tooti.openai_shapes import DONE, error_json
+
 from .base import Usage
 
-DONE = b"data: [DONE]"
+__all__ = ["DONE", "EventSplitter", "error_body", "inspect_event", "sse", "usage_from"]
 
 
 class EventSplitter:
@@ -74,4 +76,5 @@ def sse(obj: dict[str, Any]) -> bytes:
 
 
 def error_body(message: str, *, type_: str = "api_error", code: str | None = None) -> bytes:
-    return json.dumps({"error": {"message": message, "type": type_, "param": None, "code": code}}).encode()
+    """An OpenAI error document (the shape is defined once, in ``tooti.openai_shapes``)."""
+    return error_json(500, message, code=code, type_=type_)
