@@ -16,6 +16,9 @@ from typing import Any
 from tooti.wire import pb
 
 
+_MAX_REMEMBERED = 10_000  # (namespace, model) pairs kept for "known but unavailable"
+
+
 @dataclasses.dataclass
 class NodeEntry:
     peer_id: str
@@ -88,6 +91,10 @@ class Registry:
         )
         for m in fields["models"]:
             self._offered[(ann.namespace, m)] = now
+        if len(self._offered) > _MAX_REMEMBERED:
+            # A node could announce endless names: keep the most recently offered ones.
+            keep = sorted(self._offered.items(), key=lambda kv: kv[1])[-_MAX_REMEMBERED // 2 :]
+            self._offered = dict(keep)
         if entry is None:
             entry = NodeEntry(peer_id=peer_id, **fields)
             self._nodes[peer_id] = entry
