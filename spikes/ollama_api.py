@@ -13,7 +13,7 @@ Ollama's API docs, which the spike starts as ``python -m tests.standins.ollama -
     python spikes/ollama_api.py                                  # starts the stand-in
     python spikes/ollama_api.py --url http://127.0.0.1:11434 --model llama3.2 --embed-model nomic-embed-text
 
-Printed here, against the stand-in (Ollama itself cannot be installed on this machine)::
+Printed here, against the stand-in (no Ollama was available where this was run)::
 
     models: ['llama3.2:latest', 'nomic-embed-text:latest']
     stream: content-type application/x-ndjson, 9 lines in 9 body reads, first after 1.6 ms
