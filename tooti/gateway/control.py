@@ -39,6 +39,8 @@ log = logging.getLogger("tooti.gateway")
 #: Largest control frame a node may send (a Hello with 256 models fits in ~40 KiB).
 CONTROL_MAX_FRAME = 64 * 1024
 _HELLO_TIMEOUT = 10.0
+#: Seconds between unprompted membership updates to each joined node.
+LIST_REFRESH = 60.0
 
 
 class NamespaceVerifier(Protocol):
@@ -212,7 +214,10 @@ class NodeControl:
         """Tell the node of membership changes; end the session when its namespace changed
         (the reader loop is cancelled with the nursery)."""
         while True:
-            await session.changed.wait()
+            # Also every LIST_REFRESH seconds: records expire (RECORD_TTL_MS), so a node keeps
+            # fresh ones of every member, and keeps redialling one that restarts.
+            with trio.move_on_after(LIST_REFRESH):
+                await session.changed.wait()
             session.changed = trio.Event()
             if session.stale:
                 scope.cancel()
