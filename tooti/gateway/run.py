@@ -74,6 +74,7 @@ async def run_gateway(
             gw.addrs = p2p
             async with trio.open_nursery() as nursery:
                 await nursery.start(discovery.run)
+                nursery.start_soon(gw.pool.run)  # owns the inference tunnels to nodes
                 nursery.start_soon(gw.expire_loop)
                 nursery.start_soon(gw.rtt_loop)
                 nursery.start_soon(gw.peering_loop, list(cfg.network.bootstrap))

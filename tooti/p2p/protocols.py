@@ -2,8 +2,8 @@
 
 from libp2p.custom_types import TProtocol
 
-#: gateway -> node: InferenceRequest / ResponseFrame exchanges, stream reusable between them
-INFERENCE = TProtocol("/tooti/inference/1.0.0")
+#: gateway -> node: the inference tunnel, one stream per pair carrying every exchange (TunnelFrame)
+INFERENCE = TProtocol("/tooti/inference/2.0.0")
 #: node -> gateway: Hello / (Challenge / Proof) / Welcome, then gateway-list updates and
 #: fallback heartbeats for as long as the node is connected
 CONTROL = TProtocol("/tooti/control/1.0.0")
