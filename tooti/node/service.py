@@ -98,7 +98,7 @@ class InferenceService:
                     await self._read(stream, peer, outbox, live, nursery)
                 except (FrameError, ProtocolViolation) as exc:
                     self._stats.bad_frames += 1
-                    log.warning("tunnel from %s broke the protocol (%s); resetting it", peer, exc)
+                    log.warning("bad frame on the tunnel from %s (%s); resetting it", peer, exc)
                 except StreamError:
                     pass  # reset by the gateway
                 finally:
