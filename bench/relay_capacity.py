@@ -47,12 +47,19 @@ from typing import Any
 import trio
 
 from bench import driver, report
-from bench.targets import BENCH, Tooti, Upstream, cpu_seconds, machine, wait_ok
+from bench.targets import BENCH, CLK_TCK, Tooti, Upstream, cpu_seconds, machine, wait_ok
 
 RESULTS = BENCH / "results"
 HOST = "127.0.0.1"
 DEFAULT_LOADS = "100x20,125x20,200x20,300x20,500x20,200x50"
 KNEE = 0.97
+
+
+def _machine_busy_s() -> float:
+    """CPU seconds the whole machine spent not idle (all cores), from /proc/stat."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return (sum(fields[:8]) - idle) / CLK_TCK
 
 
 def _body(tokens: int, delay_ms: float, *, stream: bool = True) -> bytes:
@@ -100,14 +107,16 @@ async def load(
     t0 = time.perf_counter()
 
     def cpu_now() -> dict[str, float]:
-        return {role: cpu_seconds([pid]) for role, pid in pids.items()}
+        now = {role: cpu_seconds([pid]) for role, pid in pids.items()}
+        now["machine"] = _machine_busy_s()
+        return now
 
     async def sampler() -> None:
         await trio.sleep_until(trio.current_time() + w_start)
         before = cpu_now()
         await trio.sleep(window_s)
         after = cpu_now()
-        for role in pids:
+        for role in before:
             cpu[role] = [before[role], after[role]]
 
     async def one(i: int) -> None:
@@ -165,9 +174,13 @@ async def load(
         "p99_gap_s": round(sorted(gaps)[int(0.99 * (len(gaps) - 1))], 3) if gaps else None,
         "tokens_in_window": in_window,
     }
+    machine_cpu = cpu.pop("machine", [0.0, 0.0])
     for role, (a, b) in cpu.items():
         out[f"cpu_ms_per_token_{role}"] = round(1000 * (b - a) / max(in_window, 1), 4)
         out[f"cores_{role}"] = round((b - a) / window_s, 2)
+    ours = sum(b - a for a, b in cpu.values())
+    # Everything else the machine ran meanwhile (other test runs share these cores).
+    out["cores_other"] = round(max(0.0, machine_cpu[1] - machine_cpu[0] - ours) / window_s, 2)
     return out
 
 
@@ -216,7 +229,7 @@ def _print_row(target: str, r: dict[str, Any]) -> None:
     print(
         f"  {target:6} {r['streams']:4}x{r['rate']:<3g} offered {r['offered_tok_s']:>6,.0f}/s: "
         f"delivered {r['delivered']:.3f} stalled {r['stalled']} errors {r['errors']} "
-        f"max gap {r['max_gap_s']} s; CPU-ms/token {cpu}",
+        f"max gap {r['max_gap_s']} s; CPU-ms/token {cpu}; others {r['cores_other']} cores",
         flush=True,
     )
 
@@ -268,6 +281,8 @@ async def run(args: argparse.Namespace, upstream: Upstream, tooti: Tooti) -> dic
                 raw.unlink(missing_ok=True)  # megabytes of stacks; the top-N summary is what is kept
             _print_row(name, row[name])
         out["loads"].append(row)
+    others = [r[name]["cores_other"] for r in out["loads"] for name in targets]
+    out["other_cores"] = round(sum(others) / max(len(others), 1), 2)
     for name in targets:
         ok = [r[name]["offered_tok_s"] for r in out["loads"] if r[name]["delivered"] >= KNEE]
         out[f"knee_{name}_tok_s"] = max(ok, default=0)
@@ -289,16 +304,27 @@ def main(argv: list[str] | None = None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="tooti-relay-"))
     started = time.time()
     upstream = Upstream(tmp, tokens=16)
+    out: dict[str, Any] = {}
+    out_lines: list[str] = []
     try:
         tooti = Tooti(tmp, upstream.url, max_concurrency=2048)
         wait_ok(upstream.url + "/health", None, 10, "upstream")
         try:
             print(f"relay capacity: loads {args.loads}, window {args.window_s} s", flush=True)
             out = trio.run(run, args, upstream, tooti)
+            print(f"  other processes on the machine: {out['other_cores']} cores", flush=True)
         finally:
             tooti.stop()
+            # The node logs, per tunnel, how many frames its writes carried: the coalescing.
+            out_lines = [
+                line.split("tunnel from", 1)[1].strip()
+                for log in tmp.rglob("node.log")
+                for line in log.read_text(errors="replace").splitlines()
+                if "frames in" in line
+            ]
     finally:
         upstream.proc.stop()
+    out["node_tunnels"] = out_lines
     out["label"] = args.label
     out["machine"] = machine()
     out["load_average_after"] = os.getloadavg()

@@ -104,6 +104,7 @@ class InferenceService:
                 finally:
                     nursery.cancel_scope.cancel()  # the tunnel is over: cancel every exchange
         finally:
+            log.info("tunnel from %s closed: %d frames in %d writes", peer, outbox.frames, outbox.writes)
             outbox.close()
             await reset_quietly(stream)
 

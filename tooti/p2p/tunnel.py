@@ -104,7 +104,11 @@ class Outbox:
     light load a frame goes out as soon as the writer task is scheduled (no timer, no delay).
     """
 
-    __slots__ = ("_closed", "_drained", "_parts", "_size", "_stream", "_wake")
+    __slots__ = ("_closed", "_drained", "_parts", "_size", "_stream", "_wake", "frames", "writes")
+
+    #: frames and writes so far: frames / writes is how much the writer coalesced
+    frames: int
+    writes: int
 
     def __init__(self, stream: INetStream) -> None:
         self._stream = stream
@@ -113,6 +117,8 @@ class Outbox:
         self._wake = trio.Event()
         self._drained = trio.Event()
         self._closed = False
+        self.writes = 0
+        self.frames = 0
 
     def put(self, data: bytes) -> None:
         if self._closed:
@@ -145,6 +151,8 @@ class Outbox:
                 self._wake = trio.Event()
                 await self._wake.wait()
             parts, self._parts, self._size = self._parts, [], 0
+            self.writes += 1
+            self.frames += len(parts)
             self._drained.set()
             await stream.write(parts[0] if len(parts) == 1 else b"".join(parts))
 
