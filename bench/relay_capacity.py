@@ -101,8 +101,9 @@ async def load(
     stall_gap = 2 * spacing + 1.0
     errors: Counter[str] = Counter()
     in_window = 0
-    stalled = completed = 0
-    gaps: list[float] = []
+    stalled = completed = stalled_mid = 0
+    gaps: list[float] = []  # per stream: the longest gap between two tokens
+    ttfts: list[float] = []  # per stream: request sent to first token
     cpu: dict[str, list[float]] = {}
     t0 = time.perf_counter()
 
@@ -120,15 +121,19 @@ async def load(
             cpu[role] = [before[role], after[role]]
 
     async def one(i: int) -> None:
-        nonlocal in_window, stalled, completed
+        nonlocal in_window, stalled, completed, stalled_mid
         await trio.sleep(i * ramp_s / streams)
         conn = driver.Conn(HOST, port)
         last = time.perf_counter()
         gap = 0.0
+        first: float | None = None
 
         def progress(n: int, now: float) -> None:
-            nonlocal last, gap, in_window
-            gap = max(gap, now - last)
+            nonlocal last, gap, in_window, first
+            if first is None:
+                first = now - last
+            else:
+                gap = max(gap, now - last)
             last = now
             if w_start <= now - t0 < w_end:
                 in_window += n
@@ -145,13 +150,16 @@ async def load(
                 completed += 1
         except trio.Cancelled:
             errors["still open at the time limit"] += 1
-            gap = max(gap, time.perf_counter() - last)
+            if first is not None:
+                gap = max(gap, time.perf_counter() - last)
             raise
         except (driver.ConnectionLost, OSError) as exc:
             errors[type(exc).__name__] += 1
         finally:
+            ttfts.append(first if first is not None else time.perf_counter() - last)
             gaps.append(gap)
-            stalled += gap > stall_gap
+            stalled += max(gap, ttfts[-1]) > stall_gap
+            stalled_mid += gap > stall_gap
             await conn.aclose()
 
     with trio.move_on_after(w_end + limit_s):
@@ -170,7 +178,10 @@ async def load(
         "stalled": stalled,
         "errors": sum(errors.values()),
         "error_kinds": dict(errors),
+        "stalled_after_first_token": stalled_mid,
         "max_gap_s": round(max(gaps, default=0.0), 3),
+        "max_ttft_s": round(max(ttfts, default=0.0), 3),
+        "p50_ttft_s": round(statistics.median(ttfts), 3) if ttfts else None,
         "p99_gap_s": round(sorted(gaps)[int(0.99 * (len(gaps) - 1))], 3) if gaps else None,
         "tokens_in_window": in_window,
     }
@@ -181,6 +192,43 @@ async def load(
     ours = sum(b - a for a, b in cpu.values())
     # Everything else the machine ran meanwhile (other test runs share these cores).
     out["cores_other"] = round(max(0.0, machine_cpu[1] - machine_cpu[0] - ours) / window_s, 2)
+    return out
+
+
+async def requests_per_s(
+    port: int, pids: dict[str, int], *, concurrency: int = 64, seconds: float = 4.0
+) -> dict[str, Any]:
+    """Non-streaming 16-token answers from ``concurrency`` connections back to back: requests/s
+    and CPU-ms per request of each process (what one request's set-up costs)."""
+    raw = driver.build_request(HOST, port, "/v1/chat/completions", _body(16, 0, stream=False))
+    done = errors = 0
+    stop = trio.current_time() + seconds
+
+    async def worker() -> None:
+        nonlocal done, errors
+        conn = driver.Conn(HOST, port)
+        while trio.current_time() < stop:
+            try:
+                r = await driver.call(conn, raw)
+            except (driver.ConnectionLost, OSError):
+                errors += 1
+                await conn.aclose()
+                continue
+            done += r.status == 200
+            errors += r.status != 200
+        await conn.aclose()
+
+    before = {role: cpu_seconds([pid]) for role, pid in pids.items()}
+    t0 = time.perf_counter()
+    async with trio.open_nursery() as nursery:
+        for _ in range(concurrency):
+            nursery.start_soon(worker)
+    elapsed = time.perf_counter() - t0
+    out: dict[str, Any] = {"concurrency": concurrency, "rps": round(done / elapsed), "errors": errors}
+    for role, pid in pids.items():
+        out[f"cpu_ms_per_request_{role}"] = round(
+            1000 * (cpu_seconds([pid]) - before[role]) / max(done, 1), 3
+        )
     return out
 
 
@@ -228,8 +276,9 @@ def _print_row(target: str, r: dict[str, Any]) -> None:
     )
     print(
         f"  {target:6} {r['streams']:4}x{r['rate']:<3g} offered {r['offered_tok_s']:>6,.0f}/s: "
-        f"delivered {r['delivered']:.3f} stalled {r['stalled']} errors {r['errors']} "
-        f"max gap {r['max_gap_s']} s; CPU-ms/token {cpu}; others {r['cores_other']} cores",
+        f"delivered {r['delivered']:.3f} stalled {r['stalled']} ({r['stalled_after_first_token']} after the "
+        f"first token) errors {r['errors']} max gap {r['max_gap_s']} s, TTFT max {r['max_ttft_s']} s; "
+        f"CPU-ms/token {cpu}; others {r['cores_other']} cores",
         flush=True,
     )
 
@@ -248,9 +297,12 @@ async def run(args: argparse.Namespace, upstream: Upstream, tooti: Tooti) -> dic
         ),
     }
     out: dict[str, Any] = {"light": {}, "loads": []}
-    for name, (port, _) in targets.items():
+    out["requests"] = {}
+    for name, (port, pids) in targets.items():
         out["light"][name] = await light(port)
         print(f"  light {name}: {out['light'][name]}", flush=True)
+        out["requests"][name] = await requests_per_s(port, pids)
+        print(f"  non-streaming c=64 {name}: {out['requests'][name]}", flush=True)
     for spec in args.loads.split(","):
         streams, rate = (float(x) for x in spec.lower().split("x"))
         row: dict[str, Any] = {"load": spec}
@@ -289,6 +341,66 @@ async def run(args: argparse.Namespace, upstream: Upstream, tooti: Tooti) -> dic
     return out
 
 
+def _cell(r: dict[str, Any], roles: tuple[str, ...]) -> list[str]:
+    cpu = " / ".join(f"{r.get(f'cpu_ms_per_token_{role}', float('nan')):.3f}" for role in roles)
+    other = r.get("cores_other")
+    return [
+        f"{r['delivered']:.2f}",
+        str(r["stalled"]),
+        str(r["errors"]),
+        cpu,
+        "n/a" if other is None else f"{other:.2f}",
+    ]
+
+
+def markdown(runs: list[tuple[str, dict[str, Any]]]) -> str:
+    """The doc's table: one row per load, for direct and for each labelled tooti run."""
+    head = [
+        "offered (streams × tok/s)",
+        "target",
+        "delivered",
+        "stalled",
+        "errors",
+        "CPU-ms/token",
+        "other cores",
+    ]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    first = runs[0][1]
+    for i, row in enumerate(first["loads"]):
+        load = f"{row['load'].replace('x', ' × ')} = {row['direct']['offered_tok_s']:,.0f}/s"
+        d = row["direct"]
+        lines.append("| " + " | ".join([load, "direct (upstream)", *_cell(d, ("upstream",))]) + " |")
+        for label, run in runs:
+            r = run["loads"][i]["tooti"]
+            lines.append(
+                "| " + " | ".join(["", f"tooti, {label} (gw / node)", *_cell(r, ("gateway", "node"))]) + " |"
+            )
+    lines.append("")
+    for label, run in runs:
+        light = run["light"]
+        added = {k: light["tooti"][k] - light["direct"][k] for k in ("latency_p50_ms", "ttft_p50_ms")}
+        lines.append(
+            f"- {label}: knee (highest offered rate delivered ≥ {KNEE}) **{run['knee_tooti_tok_s']:,.0f} tok/s** "
+            f"(direct {run['knee_direct_tok_s']:,.0f}); one request at a time: added latency p50 "
+            f"{added['latency_p50_ms']:.2f} ms, added TTFT p50 {added['ttft_p50_ms']:.2f} ms, token lateness "
+            f"p50 / max {light['tooti']['token_lateness_p50_ms']:.2f} / {light['tooti']['token_lateness_max_ms']:.2f} ms "
+            f"(direct {light['direct']['token_lateness_p50_ms']:.2f} / {light['direct']['token_lateness_max_ms']:.2f}); "
+            f"other processes used {run.get('other_cores', 'n/a')} of the 2 cores on average."
+        )
+    return "\n".join(lines) + "\n"
+
+
+def write_doc(runs: list[tuple[str, dict[str, Any]]], doc: Path) -> None:
+    text = doc.read_text()
+    begin, end = "<!-- relay:begin (bench/relay_capacity.py --doc) -->", "<!-- relay:end -->"
+    block = f"{begin}\n{markdown(runs)}{end}"
+    if begin in text:
+        text = text[: text.index(begin)] + block + text[text.index(end) + len(end) :]
+    else:
+        text += "\n" + block + "\n"
+    doc.write_text(text)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.relay_capacity", description=__doc__.split("\n")[0])
     ap.add_argument(
@@ -299,7 +411,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--limit-s", type=float, default=30.0)
     ap.add_argument("--profile-s", type=float, default=0.0, help="py-spy gateway and node for this long")
     ap.add_argument("--label", default="", help="a note stored in the result (e.g. 'before')")
+    ap.add_argument(
+        "--doc",
+        nargs="+",
+        metavar="LABEL=RESULT.json",
+        help="only rewrite docs/performance.md's relay table from these results, then exit",
+    )
     args = ap.parse_args(argv)
+    if args.doc:
+        runs = [(label, json.loads(Path(f).read_text())) for label, f in (a.split("=", 1) for a in args.doc)]
+        write_doc(runs, BENCH.parent / "docs" / "performance.md")
+        return 0
     RESULTS.mkdir(exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix="tooti-relay-"))
     started = time.time()

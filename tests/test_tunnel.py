@@ -75,6 +75,7 @@ class Script:
 
     blocks: list[bytes] = field(default_factory=list)
     gate: trio.Event | None = None  # wait for this before each block after the first
+    hold_head: trio.Event | None = None  # wait for this before answering at all
     produced: int = 0
     cancelled: bool = False
     finished: bool = False
@@ -97,6 +98,12 @@ class ScriptedBackend(Backend):
     async def open(self, request: Request) -> AsyncIterator[Reply]:
         self.requests.append(request)
         script = self.scripts[request.body["script"]]
+        if script.hold_head is not None:
+            try:
+                await script.hold_head.wait()
+            except trio.Cancelled:
+                script.cancelled = True
+                raise
 
         async def blocks() -> AsyncIterator[bytes]:
             for i, block in enumerate(script.blocks):
@@ -265,6 +272,24 @@ async def test_killing_a_tunnel_fails_only_its_exchanges(net: Net) -> None:
     with trio.fail_after(10):
         assert await read_all(await start(net, NODE_A, "y")) == b"again"
     assert len(net.host.gateway_ends[NODE_A]) == 2
+
+
+async def test_idle_and_first_byte_timeouts_reset_the_exchange(net: Net) -> None:
+    backend = net.backends[NODE_A]
+    backend.scripts["silent"] = Script(blocks=[b"first", b"never"], gate=trio.Event())
+    backend.scripts["mute"] = Script(blocks=[b"x"], hold_head=trio.Event())
+    ex = await start_exchange(net.pool, NODE_A, request("silent"), first_byte_timeout=10, idle_timeout=0.3)
+    blocks = []
+    with pytest.raises(trio.TooSlowError), trio.fail_after(10):
+        async for block in ex.data():
+            blocks.append(block)
+    assert blocks == [b"first"]
+    await ex.close()
+    with pytest.raises(trio.TooSlowError), trio.fail_after(10):
+        await start_exchange(net.pool, NODE_A, request("mute"), first_byte_timeout=0.3, idle_timeout=10)
+    with trio.fail_after(10):  # both were reset: their backend requests are cancelled
+        while not (backend.scripts["silent"].cancelled and backend.scripts["mute"].cancelled):
+            await trio.sleep(0.01)
 
 
 async def test_large_request_body_and_answer_cross_in_pieces(net: Net) -> None:

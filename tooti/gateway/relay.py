@@ -13,6 +13,7 @@ waits, while the tunnel's single reader keeps draining every other exchange's fr
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
@@ -46,6 +47,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("tooti.gateway")
 
+#: How often the watchdog looks for exchanges past their idle or first-byte timeout.
+_WATCHDOG_S = 0.25
+
 __all__ = ["Exchange", "NodeFailure", "StreamPool", "reset_quietly", "start_exchange"]
 
 
@@ -54,9 +58,25 @@ class NodeFailure(Exception):
 
 
 class _Pending:
-    """The gateway's state of one exchange: what the tunnel's reader has delivered so far."""
+    """The gateway's state of one exchange: what the tunnel's reader has delivered so far.
 
-    __slots__ = ("blocks", "end", "event", "failure", "head", "outstanding", "rid", "uncredited")
+    The one task consuming it parks in ``wait`` and the reader reschedules it directly: a token
+    costs no Event and no cancel scope. Idle timeouts are enforced by the pool's watchdog
+    (``StreamPool.run``), which marks an exchange whose consumer has waited too long.
+    """
+
+    __slots__ = (
+        "blocks",
+        "deadline",
+        "end",
+        "failure",
+        "head",
+        "outstanding",
+        "rid",
+        "timed_out",
+        "uncredited",
+        "waiter",
+    )
 
     def __init__(self, rid: int) -> None:
         self.rid = rid
@@ -64,18 +84,37 @@ class _Pending:
         self.blocks: list[bytes] = []
         self.end: pb.ResponseEnd | None = None
         self.failure: str | None = None
-        self.event: trio.Event | None = None  # set by the reader when something arrives
+        self.waiter: trio.lowlevel.Task | None = None
+        self.deadline = math.inf  # while waiting: when the watchdog gives up on it
+        self.timed_out = False
         self.outstanding = 0  # data bytes received and not yet credited back
         self.uncredited = 0  # of those, consumed by the HTTP side and not yet credited
 
     def wake(self) -> None:
-        if self.event is not None:
-            self.event.set()
+        task = self.waiter
+        if task is not None:
+            self.waiter = None
+            trio.lowlevel.reschedule(task)
 
     def fail(self, why: str) -> None:
         if self.failure is None and self.end is None:
             self.failure = why
         self.wake()
+
+    async def wait(self, patience: float) -> None:
+        """Until the reader delivers something (or fails the exchange); raises
+        trio.TooSlowError when the watchdog saw nothing arrive for ``patience`` seconds."""
+        self.deadline = trio.current_time() + patience
+        self.waiter = trio.lowlevel.current_task()
+
+        def abort(_: object) -> trio.lowlevel.Abort:
+            self.waiter = None
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        await trio.lowlevel.wait_task_rescheduled(abort)
+        self.deadline = math.inf
+        if self.timed_out:
+            raise trio.TooSlowError
 
 
 class _Tunnel:
@@ -210,9 +249,22 @@ class StreamPool:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             try:
-                await trio.sleep_forever()
+                await self._watchdog()
             finally:
                 self._nursery = None
+
+    async def _watchdog(self) -> None:
+        """Time out exchanges whose consumer has waited past its deadline. One pass per
+        ``_WATCHDOG_S`` over every open exchange, instead of a cancel scope per token: a
+        timeout fires up to that much late, which for timeouts of seconds does not matter."""
+        while True:
+            await trio.sleep(_WATCHDOG_S)
+            now = trio.current_time()
+            for t in list(self._tunnels.values()):
+                for p in list(t.open.values()):
+                    if p.waiter is not None and p.deadline <= now:
+                        p.timed_out = True
+                        p.wake()
 
     async def tunnel(self, peer_id: str) -> _Tunnel:
         """The live tunnel to ``peer_id``, opening one if needed. Raises NodeFailure."""
@@ -287,10 +339,7 @@ class Exchange:
                 return
             if p.failure is not None:
                 raise NodeFailure(p.failure)
-            p.event = event = trio.Event()
-            with trio.fail_after(self._idle_timeout):
-                await event.wait()
-            p.event = None
+            await p.wait(self._idle_timeout)
 
     async def close(self) -> None:
         self._tunnel.abandon(self._p)
@@ -313,13 +362,10 @@ async def start_exchange(
     tunnel = await pool.tunnel(peer_id)
     p = await tunnel.begin(request)
     try:
-        with trio.fail_after(first_byte_timeout):
-            while p.head is None:
-                if p.failure is not None:
-                    raise NodeFailure(p.failure)
-                p.event = event = trio.Event()
-                await event.wait()
-                p.event = None
+        while p.head is None:
+            if p.failure is not None:
+                raise NodeFailure(p.failure)
+            await p.wait(first_byte_timeout)
     except BaseException:
         tunnel.abandon(p)
         raise

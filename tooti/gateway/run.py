@@ -68,6 +68,9 @@ async def run_gateway(
     hc.accesslog = None
     hc.errorlog = logging.getLogger("hypercorn.error")
     hc.keep_alive_timeout = 75
+    # Hypercorn listens with a backlog of 100: a burst of new clients beyond that has its SYNs
+    # dropped and retried after 1 s, 3 s, ... (measured: stalls at 500 streams opened in 2 s).
+    hc.backlog = 4096
     async with host.run(listen_addrs=[Multiaddr(a) for a in cfg.network.listen]):
         try:
             p2p = dialable(list(cfg.network.announce) or [str(a) for a in host.get_addrs()], gw.peer_id)
