@@ -270,6 +270,19 @@ def _profile_start(pid: int, seconds: float, out: Path) -> subprocess.Popen[byte
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
+def knees(loads: list[dict[str, Any]], name: str) -> tuple[float, float]:
+    """(the highest offered rate delivered at >= KNEE, the highest rate below which *every*
+    offered rate was delivered at >= KNEE)."""
+    rates = sorted((r[name]["offered_tok_s"], r[name]["delivered"]) for r in loads)
+    knee = max((rate for rate, d in rates if d >= KNEE), default=0.0)
+    sustained = 0.0
+    for rate, d in rates:
+        if d < KNEE:
+            break
+        sustained = rate
+    return knee, sustained
+
+
 def _print_row(target: str, r: dict[str, Any]) -> None:
     cpu = " ".join(
         f"{k.removeprefix('cpu_ms_per_token_')}={v}" for k, v in r.items() if k.startswith("cpu_ms")
@@ -336,8 +349,7 @@ async def run(args: argparse.Namespace, upstream: Upstream, tooti: Tooti) -> dic
     others = [r[name]["cores_other"] for r in out["loads"] for name in targets]
     out["other_cores"] = round(sum(others) / max(len(others), 1), 2)
     for name in targets:
-        ok = [r[name]["offered_tok_s"] for r in out["loads"] if r[name]["delivered"] >= KNEE]
-        out[f"knee_{name}_tok_s"] = max(ok, default=0)
+        out[f"knee_{name}_tok_s"], out[f"sustained_{name}_tok_s"] = knees(out["loads"], name)
     return out
 
 
@@ -368,20 +380,21 @@ def markdown(runs: list[tuple[str, dict[str, Any]]]) -> str:
     first = runs[0][1]
     for i, row in enumerate(first["loads"]):
         load = f"{row['load'].replace('x', ' × ')} = {row['direct']['offered_tok_s']:,.0f}/s"
-        d = row["direct"]
-        lines.append("| " + " | ".join([load, "direct (upstream)", *_cell(d, ("upstream",))]) + " |")
         for label, run in runs:
-            r = run["loads"][i]["tooti"]
-            lines.append(
-                "| " + " | ".join(["", f"tooti, {label} (gw / node)", *_cell(r, ("gateway", "node"))]) + " |"
-            )
+            d, r = run["loads"][i]["direct"], run["loads"][i]["tooti"]
+            lines.append("| " + " | ".join([load, f"direct, {label} run", *_cell(d, ("upstream",))]) + " |")
+            cells = ["", f"**tooti, {label}** (gw / node)", *_cell(r, ("gateway", "node"))]
+            lines.append("| " + " | ".join(cells) + " |")
+            load = ""
     lines.append("")
     for label, run in runs:
+        knee, sustained = knees(run["loads"], "tooti")
         light = run["light"]
         added = {k: light["tooti"][k] - light["direct"][k] for k in ("latency_p50_ms", "ttft_p50_ms")}
         lines.append(
-            f"- {label}: knee (highest offered rate delivered ≥ {KNEE}) **{run['knee_tooti_tok_s']:,.0f} tok/s** "
-            f"(direct {run['knee_direct_tok_s']:,.0f}); one request at a time: added latency p50 "
+            f"- {label}: knee (highest offered rate delivered ≥ {KNEE}) **{knee:,.0f} tok/s**, every rate "
+            f"up to **{sustained:,.0f} tok/s** delivered ≥ {KNEE} (direct {run['knee_direct_tok_s']:,.0f}); "
+            f"one request at a time: added latency p50 "
             f"{added['latency_p50_ms']:.2f} ms, added TTFT p50 {added['ttft_p50_ms']:.2f} ms, token lateness "
             f"p50 / max {light['tooti']['token_lateness_p50_ms']:.2f} / {light['tooti']['token_lateness_max_ms']:.2f} ms "
             f"(direct {light['direct']['token_lateness_p50_ms']:.2f} / {light['direct']['token_lateness_max_ms']:.2f}); "
@@ -456,7 +469,10 @@ def main(argv: list[str] | None = None) -> int:
     text = json.dumps(out, indent=1)
     (RESULTS / f"relay-{stamp}.json").write_text(text)
     (RESULTS / "relay-latest.json").write_text(text)
-    print(f"knee: direct {out['knee_direct_tok_s']:,.0f} tok/s, tooti {out['knee_tooti_tok_s']:,.0f} tok/s")
+    print(
+        f"knee: direct {out['knee_direct_tok_s']:,.0f} tok/s, tooti {out['knee_tooti_tok_s']:,.0f} tok/s; "
+        f"every lower rate too: direct {out['sustained_direct_tok_s']:,.0f}, tooti {out['sustained_tooti_tok_s']:,.0f}"
+    )
     print(f"results: bench/results/relay-{stamp}.json ({out['seconds']} s)")
     shutil.rmtree(tmp, ignore_errors=True)
     return 0

@@ -415,6 +415,22 @@ async def test_oversized_request_body_resets_only_that_exchange(
     assert not done.is_set() and stats.bad_frames == 0
 
 
+async def test_too_much_body_on_one_tunnel_ends_it(
+    nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tooti.node.service as service_module
+
+    monkeypatch.setattr(service_module, "MAX_ASSEMBLING", 300_000)
+    ours, _theirs, stats, done = await _raw_node_tunnel(nursery)
+    for rid in range(1, 6):  # five bodies of 64 KiB each, none finished
+        await ours.write(
+            encode(pb.TunnelFrame(request=rid, open=request("x", body=b" " * 65_536), more=True))
+        )
+    with trio.fail_after(10):
+        await done.wait()
+    assert stats.bad_frames == 1
+
+
 async def test_gateway_ends_a_tunnel_whose_node_overruns_the_window(nursery: trio.Nursery) -> None:
     # A hostile "node": answers the head, then sends more data than the window allows.
     a, b = trio.testing.memory_stream_pair()

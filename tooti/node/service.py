@@ -53,6 +53,8 @@ _ROUTES: dict[int, RouteName] = {
 }
 #: A request body larger than this (assembled from continuation frames) resets its exchange.
 MAX_REQUEST_BODY = 64 * 1024 * 1024
+#: Request bodies being assembled on one tunnel, all together; past this the tunnel ends.
+MAX_ASSEMBLING = 256 * 1024 * 1024
 #: Exchanges open on one tunnel at once (running, waiting for their body, or being refused);
 #: past this the gateway is misbehaving and the tunnel ends.
 MAX_OPEN = 16384
@@ -112,7 +114,7 @@ class InferenceService:
         self, stream: INetStream, peer: str, outbox: Outbox, live: dict[int, _Reply], nursery: trio.Nursery
     ) -> None:
         last_rid = 0
-        assembling: dict[int, tuple[pb.InferenceRequest, list[bytes], int]] = {}
+        bodies = _Bodies()
         async for batch in read_frames(stream):
             for f in batch:
                 rid = f.request
@@ -129,27 +131,19 @@ class InferenceService:
                         raise ProtocolViolation("peer is no longer a gateway this node joined")
                     live[rid] = _Reply(rid, outbox)
                     if f.more:
-                        assembling[rid] = (f.open, [f.open.body], len(f.open.body))
+                        bodies.start(rid, f.open)
                     else:
                         nursery.start_soon(self._exchange, live, live[rid], f.open)
                 elif kind == "data":
-                    if rid not in assembling:
-                        continue  # the exchange was reset meanwhile
-                    req, parts, size = assembling[rid]
-                    size += len(f.data)
-                    if size > MAX_REQUEST_BODY:
-                        del assembling[rid]
+                    try:
+                        req = bodies.add(rid, f.data, more=f.more)
+                    except _TooLarge:
                         live.pop(rid).reset("request body too large")
                         continue
-                    parts.append(f.data)
-                    if f.more:
-                        assembling[rid] = (req, parts, size)
-                    else:
-                        del assembling[rid]
-                        req.body = b"".join(parts)
+                    if req is not None:
                         nursery.start_soon(self._exchange, live, live[rid], req)
                 elif kind == "reset":
-                    assembling.pop(rid, None)
+                    bodies.drop(rid)
                     reply = live.pop(rid, None)
                     if reply is not None:
                         reply.cancel()
@@ -246,6 +240,55 @@ class InferenceService:
                     (first_at - started) * 1000, usage.completion_tokens, time.perf_counter() - first_at
                 )
         out.end(end)
+
+
+class _TooLarge(Exception):
+    """A request body outgrew MAX_REQUEST_BODY."""
+
+
+class _Bodies:
+    """Request bodies arriving in pieces (``open`` with ``more``, then data frames), bounded per
+    request (the exchange is reset) and per tunnel (the tunnel ends)."""
+
+    __slots__ = ("_open", "_size", "total")
+
+    def __init__(self) -> None:
+        self._open: dict[int, tuple[pb.InferenceRequest, list[bytes]]] = {}
+        self._size: dict[int, int] = {}
+        self.total = 0
+
+    def start(self, rid: int, req: pb.InferenceRequest) -> None:
+        self._open[rid] = (req, [req.body])
+        self._size[rid] = 0
+        self._grow(rid, len(req.body))
+
+    def add(self, rid: int, data: bytes, *, more: bool) -> pb.InferenceRequest | None:
+        """Append a piece; the whole request once its last piece arrived, else None. Pieces
+        of a request not being assembled (reset meanwhile) are dropped."""
+        entry = self._open.get(rid)
+        if entry is None:
+            return None
+        if self._size[rid] + len(data) > MAX_REQUEST_BODY:
+            self.drop(rid)
+            raise _TooLarge
+        entry[1].append(data)
+        self._grow(rid, len(data))
+        if more:
+            return None
+        self.drop(rid)
+        req, parts = entry
+        req.body = b"".join(parts)
+        return req
+
+    def drop(self, rid: int) -> None:
+        if self._open.pop(rid, None) is not None:
+            self.total -= self._size.pop(rid)
+
+    def _grow(self, rid: int, n: int) -> None:
+        self._size[rid] += n
+        self.total += n
+        if self.total > MAX_ASSEMBLING:
+            raise ProtocolViolation("too much request body being assembled on one tunnel")
 
 
 class _Reply:
