@@ -47,12 +47,12 @@ from typing import Any
 import trio
 
 from bench import driver, report
+from bench.relay_report import knees, write_doc
 from bench.targets import BENCH, CLK_TCK, Tooti, Upstream, cpu_seconds, machine, wait_ok
 
 RESULTS = BENCH / "results"
 HOST = "127.0.0.1"
 DEFAULT_LOADS = "100x20,125x20,200x20,300x20,500x20,200x50"
-KNEE = 0.97
 
 
 def _machine_busy_s() -> float:
@@ -270,19 +270,6 @@ def _profile_start(pid: int, seconds: float, out: Path) -> subprocess.Popen[byte
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
-def knees(loads: list[dict[str, Any]], name: str) -> tuple[float, float]:
-    """(the highest offered rate delivered at >= KNEE, the highest rate below which *every*
-    offered rate was delivered at >= KNEE)."""
-    rates = sorted((r[name]["offered_tok_s"], r[name]["delivered"]) for r in loads)
-    knee = max((rate for rate, d in rates if d >= KNEE), default=0.0)
-    sustained = 0.0
-    for rate, d in rates:
-        if d < KNEE:
-            break
-        sustained = rate
-    return knee, sustained
-
-
 def _print_row(target: str, r: dict[str, Any]) -> None:
     cpu = " ".join(
         f"{k.removeprefix('cpu_ms_per_token_')}={v}" for k, v in r.items() if k.startswith("cpu_ms")
@@ -353,67 +340,6 @@ async def run(args: argparse.Namespace, upstream: Upstream, tooti: Tooti) -> dic
     return out
 
 
-def _cell(r: dict[str, Any], roles: tuple[str, ...]) -> list[str]:
-    cpu = " / ".join(f"{r.get(f'cpu_ms_per_token_{role}', float('nan')):.3f}" for role in roles)
-    other = r.get("cores_other")
-    return [
-        f"{r['delivered']:.2f}",
-        str(r["stalled"]),
-        str(r["errors"]),
-        cpu,
-        "n/a" if other is None else f"{other:.2f}",
-    ]
-
-
-def markdown(runs: list[tuple[str, dict[str, Any]]]) -> str:
-    """The doc's table: one row per load, for direct and for each labelled tooti run."""
-    head = [
-        "offered (streams × tok/s)",
-        "target",
-        "delivered",
-        "stalled",
-        "errors",
-        "CPU-ms/token",
-        "other cores",
-    ]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    first = runs[0][1]
-    for i, row in enumerate(first["loads"]):
-        load = f"{row['load'].replace('x', ' × ')} = {row['direct']['offered_tok_s']:,.0f}/s"
-        for label, run in runs:
-            d, r = run["loads"][i]["direct"], run["loads"][i]["tooti"]
-            lines.append("| " + " | ".join([load, f"direct, {label} run", *_cell(d, ("upstream",))]) + " |")
-            cells = ["", f"**tooti, {label}** (gw / node)", *_cell(r, ("gateway", "node"))]
-            lines.append("| " + " | ".join(cells) + " |")
-            load = ""
-    lines.append("")
-    for label, run in runs:
-        knee, sustained = knees(run["loads"], "tooti")
-        light = run["light"]
-        added = {k: light["tooti"][k] - light["direct"][k] for k in ("latency_p50_ms", "ttft_p50_ms")}
-        lines.append(
-            f"- {label}: knee (highest offered rate delivered ≥ {KNEE}) **{knee:,.0f} tok/s**, every rate "
-            f"up to **{sustained:,.0f} tok/s** delivered ≥ {KNEE} (direct {run['knee_direct_tok_s']:,.0f}); "
-            f"one request at a time: added latency p50 "
-            f"{added['latency_p50_ms']:.2f} ms, added TTFT p50 {added['ttft_p50_ms']:.2f} ms, token lateness "
-            f"p50 / max {light['tooti']['token_lateness_p50_ms']:.2f} / {light['tooti']['token_lateness_max_ms']:.2f} ms "
-            f"(direct {light['direct']['token_lateness_p50_ms']:.2f} / {light['direct']['token_lateness_max_ms']:.2f}); "
-            f"other processes used {run.get('other_cores', 'n/a')} of the 2 cores on average."
-        )
-    return "\n".join(lines) + "\n"
-
-
-def write_doc(runs: list[tuple[str, dict[str, Any]]], doc: Path) -> None:
-    text = doc.read_text()
-    begin, end = "<!-- relay:begin (bench/relay_capacity.py --doc) -->", "<!-- relay:end -->"
-    block = f"{begin}\n{markdown(runs)}{end}"
-    if begin in text:
-        text = text[: text.index(begin)] + block + text[text.index(end) + len(end) :]
-    else:
-        text += "\n" + block + "\n"
-    doc.write_text(text)
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.relay_capacity", description=__doc__.split("\n")[0])
     ap.add_argument(
@@ -430,10 +356,11 @@ def main(argv: list[str] | None = None) -> int:
         metavar="LABEL=RESULT.json",
         help="only rewrite docs/performance.md's relay table from these results, then exit",
     )
+    ap.add_argument("--doc-block", default="relay", help="which marked block of the doc --doc rewrites")
     args = ap.parse_args(argv)
     if args.doc:
         runs = [(label, json.loads(Path(f).read_text())) for label, f in (a.split("=", 1) for a in args.doc)]
-        write_doc(runs, BENCH.parent / "docs" / "performance.md")
+        write_doc(runs, BENCH.parent / "docs" / "performance.md", block_name=args.doc_block)
         return 0
     RESULTS.mkdir(exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix="tooti-relay-"))
