@@ -48,7 +48,7 @@ import trio
 
 from bench import driver, report
 from bench.relay_report import knees, write_doc
-from bench.targets import BENCH, CLK_TCK, Tooti, Upstream, cpu_seconds, machine, wait_ok
+from bench.targets import BENCH, CLK_TCK, VENV, Tooti, Upstream, cpu_seconds, machine, wait_ok
 
 RESULTS = BENCH / "results"
 HOST = "127.0.0.1"
@@ -261,9 +261,15 @@ async def light(port: int, n: int = 100) -> dict[str, Any]:
 
 
 def _profile_start(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes] | None:
-    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-    if not Path(spy).exists():
-        print("py-spy not found (pip install py-spy); no profile", flush=True)
+    # py-spy is a bench-only tool: on PATH, beside this Python, or in the bench venv bench.run makes.
+    found = [
+        shutil.which("py-spy"),
+        str(Path(sys.executable).parent / "py-spy"),
+        str(VENV / "bin" / "py-spy"),
+    ]
+    spy = next((c for c in found if c and Path(c).exists()), None)
+    if spy is None:
+        print("py-spy not found (pip install py-spy, or run bench.run once); no profile", flush=True)
         return None
     cmd = [spy, "record", "--nonblocking", "--rate", "200", "--format", "raw"]
     cmd += ["--duration", str(int(seconds)), "--pid", str(pid), "--output", str(out)]

@@ -23,7 +23,6 @@ from libp2p.network.stream.exceptions import StreamError
 from libp2p.peer.id import ID
 
 from tooti.p2p import protocols
-from tooti.p2p.framing import FrameError
 from tooti.p2p.host import raise_stream_cap
 from tooti.p2p.tunnel import (
     CREDIT_EVERY,
@@ -138,10 +137,12 @@ class _Tunnel:
                 task_status.started()
                 try:
                     why = await self._read()
-                except (StreamError, FrameError, ProtocolViolation) as exc:
+                except StreamError as exc:
+                    why = f"tunnel to node broke: {type(exc).__name__}"
+                except Exception as exc:  # noqa: BLE001 - this task runs in the pool's nursery: nothing
+                    # may escape it (a crash there would take the gateway down), whatever libp2p raises
                     why = f"tunnel to node broke: {type(exc).__name__}: {exc}"
-                    if not isinstance(exc, StreamError):
-                        log.warning("tunnel to %s: %s", self.peer_id, why)
+                    log.warning("tunnel to %s: %s", self.peer_id, why)
                 nursery.cancel_scope.cancel()
         self._die(why)
         await reset_quietly(self.stream)
@@ -149,7 +150,7 @@ class _Tunnel:
     async def _write(self) -> None:
         try:
             await self.outbox.run()
-        except StreamError as exc:
+        except Exception as exc:  # noqa: BLE001 - as in run(): end this tunnel, never the pool
             self._die(f"tunnel write failed: {type(exc).__name__}")
             self.scope.cancel()
 
@@ -217,6 +218,9 @@ class _Tunnel:
                     await self.outbox.put_wait(data_frame(rid, part, more=i < len(parts)))
         except TunnelClosed:
             raise NodeFailure("tunnel to node closed") from None
+        except BaseException:
+            self.abandon(p)  # cancelled half-way through the body: the node drops what it has
+            raise
         return p
 
     def credit(self, p: _Pending, consumed: int) -> None:
