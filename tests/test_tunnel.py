@@ -367,6 +367,10 @@ async def _raw_node_tunnel(
             id="open-number-reused",
         ),
         pytest.param([tunnel.credit_frame(0, 1)], id="stray-credit-ignored-then-head-frame"),
+        pytest.param(
+            [encode(pb.TunnelFrame(request=1, reset=pb.TunnelReset(reason="r" * tunnel.MAX_CONTROL_FRAME)))],
+            id="control-frame-over-its-limit",
+        ),
     ],
 )
 async def test_node_ends_the_tunnel_on_a_protocol_violation(

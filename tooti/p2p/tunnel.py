@@ -35,6 +35,9 @@ MAX_DATA = 64 * 1024
 #: Largest frame of any kind. Heads, ends, resets and credits are tiny; an open frame carries at
 #: most MAX_DATA of body (the rest follows in data frames) plus small fields.
 MAX_FRAME = 4 * MAX_DATA
+#: Largest head, end, credit or reset frame: these carry a status, a content type, usage or a
+#: short error, never a body.
+MAX_CONTROL_FRAME = 16 * 1024
 #: The outbox makes a data sender wait above this much queued and unwritten.
 HIGH_WATER = 1024 * 1024
 _READ = 256 * 1024
@@ -204,6 +207,8 @@ async def read_frames(stream: INetStream) -> AsyncIterator[list[pb.TunnelFrame]]
                 message.ParseFromString(buf[i : i + length])
             except DecodeError:
                 raise FrameError("malformed TunnelFrame") from None
+            if length > MAX_CONTROL_FRAME and not (message.HasField("data") or message.HasField("open")):
+                raise FrameError(f"a {message.WhichOneof('kind')} frame of {length} bytes")
             out.append(message)
             pos = i + length
         buf = buf[pos:]
@@ -222,6 +227,7 @@ async def reset_quietly(stream: INetStream) -> None:
 
 __all__ = [
     "CREDIT_EVERY",
+    "MAX_CONTROL_FRAME",
     "MAX_DATA",
     "MAX_FRAME",
     "WINDOW",
