@@ -55,16 +55,6 @@ HOST = "127.0.0.1"
 DEFAULT_LOADS = "100x20,125x20,200x20,300x20,500x20,200x50"
 
 
-def _commit() -> str:
-    try:
-        head = subprocess.run(
-            ["git", "-C", str(BENCH.parent), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-        )
-        return head.stdout.strip() or "?"
-    except OSError:
-        return "?"
-
-
 def _machine_busy_s() -> float:
     """CPU seconds the whole machine spent not idle (all cores), from /proc/stat."""
     fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
@@ -405,9 +395,6 @@ def main(argv: list[str] | None = None) -> int:
     out["node_tunnels"] = out_lines
     out["label"] = args.label
     out["machine"] = machine()
-    # The commit measured, not the checkout's path on this machine.
-    out["machine"].pop("tooti_commit_tree", None)
-    out["machine"]["tooti_commit"] = _commit()
     out["load_average_after"] = os.getloadavg()
     out["seconds"] = round(time.time() - started, 1)
     out["args"] = vars(args)
