@@ -1,7 +1,7 @@
 """tooti's benchmark: direct vs tooti vs LiteLLM against one fast fake OpenAI upstream.
 
-    /work/venv/bin/python -m bench.run            # full run, ~8-10 minutes
-    /work/venv/bin/python -m bench.run --quick    # ~2 minutes, fewer rounds and shorter phases
+    python -m bench.run            # full run, ~8-10 minutes
+    python -m bench.run --quick    # ~2 minutes, fewer rounds and shorter phases
 
 Everything runs on 127.0.0.1. One fake upstream (tests/standins/openai_upstream.py, 1,000 tokens
 by default, requests cap it with ``max_tokens``) serves three targets:
@@ -677,7 +677,7 @@ def main(argv: list[str] | None = None) -> int:
     scale = json.loads(scale_path.read_text()) if scale_path.exists() else None
     out["scale"] = scale
     out["goals"] = check_targets(out["summary"], scale)
-    out["command"] = f"/work/venv/bin/python -m bench.run{' --quick' if args.quick else ''}"
+    out["command"] = f"python -m bench.run{' --quick' if args.quick else ''}"
     path = RESULTS / f"{stamp}{'-quick' if args.quick else ''}.json"
     path.write_text(json.dumps(out, indent=1))
     shutil.copyfile(path, RESULTS / "latest.json")

@@ -1,6 +1,6 @@
 """1,000 concurrent open streams through one tooti gateway and one node.
 
-    /work/venv/bin/python -m bench.scale [--streams 1000] [--tokens 50] [--delay-ms 200]
+    python -m bench.scale [--streams 1000] [--tokens 50] [--delay-ms 200]
 
 A fake upstream sends each stream ``tokens`` tokens ``delay_ms`` apart (~10 s by default), so all
 streams are open at the same time. The node's max_concurrency is set above ``streams`` (the bound
@@ -252,9 +252,7 @@ def main(argv: list[str] | None = None) -> int:
             tooti.stop()
         upstream.proc.stop()
     out["started"] = stamp
-    out["command"] = "/work/venv/bin/python -m bench.scale " + " ".join(
-        sys.argv[1:] if argv is None else argv
-    )
+    out["command"] = "python -m bench.scale " + " ".join(sys.argv[1:] if argv is None else argv)
     path = RESULTS / f"scale-{stamp}.json"
     path.write_text(json.dumps(out, indent=1))
     shutil.copyfile(path, RESULTS / "scale-latest.json")

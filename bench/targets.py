@@ -242,6 +242,17 @@ class LiteLLM:
         self.proc.stop()
 
 
+def _commit() -> str:
+    """The commit measured (short hash), not the checkout's path on this machine."""
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+        )
+    except OSError:
+        return "?"
+    return out.stdout.strip() or "?"
+
+
 def machine() -> dict[str, Any]:
     cpu = "?"
     for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -255,5 +266,5 @@ def machine() -> dict[str, Any]:
         "memory_gib": round(mem_kb / 1024 / 1024, 1),
         "kernel": os.uname().release,
         "python": sys.version.split()[0],
-        "tooti_commit_tree": str(REPO),
+        "tooti_commit": _commit(),
     }

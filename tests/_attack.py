@@ -131,8 +131,8 @@ async def try_inference(host: IHost, peer: ID) -> bool:
                 model="loopback",
                 body=b'{"model":"loopback","messages":[{"role":"user","content":"x"}]}',
             )
-            await s.write(encode(pb.GatewayFrame(request=req)))
-            frame = await FrameReader(s).read_frame(pb.ResponseFrame)
+            await s.write(encode(pb.TunnelFrame(request=1, open=req)))
+            frame = await FrameReader(s).read_frame(pb.TunnelFrame)
             return frame is not None and frame.WhichOneof("kind") == "head"
     except Exception:  # the stream is reset: refused
         return False

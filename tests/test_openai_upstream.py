@@ -246,13 +246,39 @@ async def test_delays_pace_the_stream(client: httpx.AsyncClient) -> None:
     assert body["usage"]["completion_tokens"] == 3
 
 
-async def test_large_stream_batches_one_event_per_token(client: httpx.AsyncClient) -> None:
+async def test_large_stream_one_event_per_token(client: httpx.AsyncClient) -> None:
     events = await stream_events(
         client, "/v1/completions", {"prompt": "p", "stream": True, "x_fake": {"tokens": 1000}}
     )
     assert len(events) == 1000 + 1 + 1
     assert events[999]["choices"][0]["text"] == "tok999 "
     assert (await client.get("/_stats")).json()["tokens_sent"] == 1000
+
+
+def _chunks(raw: bytes) -> list[bytes]:
+    """The payloads of a chunked HTTP body (``raw`` starts after the head)."""
+    out = []
+    while True:
+        size_line, _, rest = raw.partition(b"\r\n")
+        size = int(size_line, 16)
+        if size == 0:
+            return out
+        out.append(rest[:size])
+        raw = rest[size + 2 :]
+
+
+@pytest.mark.parametrize(("batch", "sizes"), [(None, [1] * 10), (4, [4, 4, 2])])
+async def test_one_http_chunk_per_token_unless_batched(
+    upstream: FakeUpstream, batch: int | None, sizes: list[int]
+) -> None:
+    # Like llama.cpp, vLLM and SGLang: with no delay at all, still one chunk per token.
+    fake: dict[str, Any] = {"tokens": 10} if batch is None else {"tokens": 10, "batch": batch}
+    body = json.dumps({"prompt": "p", "stream": True, "x_fake": fake}).encode()
+    request = b"POST /v1/completions HTTP/1.1\r\nhost: x\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
+    received = await raw_exchange(upstream, request, until=b"\r\n0\r\n\r\n")
+    chunks = _chunks(received.partition(b"\r\n\r\n")[2])
+    assert [c.count(b'"text":"tok') for c in chunks[:-1]] == sizes
+    assert chunks[-1].endswith(b"data: [DONE]\n\n")
 
 
 # ------------------------------------------------------------------------------------------ faults
@@ -385,7 +411,7 @@ async def test_chunked_request_body_rejected(upstream: FakeUpstream) -> None:
     )
     received = await raw_exchange(upstream, request, until=b"}}")
     assert received.startswith(b"HTTP/1.1 411 ")
-    assert b"connection: close" in received
+    assert b"connection: close" in received.lower()
 
 
 async def test_http10_stream_is_close_delimited(upstream: FakeUpstream) -> None:
@@ -393,7 +419,7 @@ async def test_http10_stream_is_close_delimited(upstream: FakeUpstream) -> None:
     request = b"POST /v1/completions HTTP/1.0\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
     received = await raw_exchange(upstream, request, until=b"never")
     head, _, rest = received.partition(b"\r\n\r\n")
-    assert b"connection: close" in head and b"transfer-encoding" not in head
+    assert b"connection: close" in head.lower() and b"transfer-encoding" not in head.lower()
     assert rest.count(b"data: ") == TOKENS + 2 and rest.endswith(b"data: [DONE]\n\n")
 
 

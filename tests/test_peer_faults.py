@@ -62,13 +62,13 @@ async def test_node_survives_garbage_from_its_gateway(tmp_path: Path) -> None:
                 model="loopback",
                 body=b'{"model":"loopback","messages":[{"role":"user","content":"still here"}]}',
             )
-            await ok.write(encode(pb.GatewayFrame(request=req)))
+            await ok.write(encode(pb.TunnelFrame(request=1, open=req)))
             reader = FrameReader(ok)
             frames = []
             with trio.fail_after(10):
                 while True:
-                    f = await reader.read_frame(pb.ResponseFrame)
-                    assert f is not None
+                    f = await reader.read_frame(pb.TunnelFrame)
+                    assert f is not None and f.request == 1
                     frames.append(f)
                     if f.WhichOneof("kind") == "end":
                         break

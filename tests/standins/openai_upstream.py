@@ -1,13 +1,18 @@
-"""A fast, fault-injecting fake OpenAI-compatible upstream for tests and benchmarks.
+"""A fault-injecting fake OpenAI-compatible upstream for tests and benchmarks, on h11.
 
-Pure trio on raw sockets (``trio.serve_tcp``) with a small HTTP/1.1 server of its own, so that it is
-never the bottleneck of a benchmark: no framework, constant response pieces encoded once, and stream
-chunks built from per-request byte templates with only the token index substituted.
+Streams the way llama.cpp, vLLM and SGLang do: **one SSE event per token, each its own HTTP
+chunk, written as its own socket send** — whatever the delay. (An earlier stand-in wrote 256
+events per chunk when the delay was 0, so a whole answer crossed a relay as one block and made
+relay figures look ~20x better than real servers allow.) ``batch`` (server default or per request)
+puts several tokens in one chunk, for the rare test that wants that on purpose.
+
+HTTP is parsed by h11 (a maintained, strict HTTP/1.1 state machine); the stand-in adds only the
+OpenAI shapes (``_openai_shapes``) and the faults.
 
 Run as a process::
 
     python -m tests.standins.openai_upstream --port N [--host 127.0.0.1] [--tokens 16]
-        [--delay-ms 0] [--ttft-ms 0] [--model fake [--model other ...]]
+        [--delay-ms 0] [--ttft-ms 0] [--batch 1] [--model fake [--model other ...]]
 
 It prints ``ready http://HOST:PORT`` on stdout (flushed) once listening (``--port 0`` picks a free
 port). In-process: ``upstream = await nursery.start(functools.partial(serve, 0, tokens=4))`` gives a
@@ -17,7 +22,7 @@ Endpoints (OpenAI shapes; errors are ``{"error": {"message", "type", "param": nu
 
 * ``GET /v1/models`` - the configured model ids; ``GET /health`` - ``{"status": "ok"}``.
 * ``POST /v1/chat/completions``, ``POST /v1/completions`` - ``stream`` true or false. The answer is
-  ``"tok0 tok1 ... tok{n-1} "`` (one token per stream chunk). ``n`` is the configured token count,
+  ``"tok0 tok1 ... tok{n-1} "`` (one token per stream event). ``n`` is the configured token count,
   capped by ``max_tokens`` / ``max_completion_tokens``; finish_reason is ``"length"`` when the cap cut
   it short, else ``"stop"``. The model echoed is the request's ``model`` (or the first configured one).
 * ``POST /v1/embeddings`` - 8 floats per input, derived from sha256 of the input, L2-normalised
@@ -28,14 +33,13 @@ Endpoints (OpenAI shapes; errors are ``{"error": {"message", "type", "param": nu
 
 Timing: ``ttft_ms`` is slept after the stream's head and role chunk and before the first content
 chunk; ``delay_ms`` is slept between content chunks (on a drift-free schedule). A non-streaming
-answer is sent after the whole simulated generation, ``ttft_ms + (n - 1) * delay_ms``. With a delay
-of 0 the tokens are written in batches (still one SSE event per token) as fast as the socket takes
-them.
+answer is sent after the whole simulated generation, ``ttft_ms + (n - 1) * delay_ms``.
 
 Per-request overrides, in the request body's extra object ``"x_fake"`` (checked in this order:
 ``fail: "before_head"``, then ``status``, then the normal answer; bad values get a 400):
 
-* ``tokens`` (int), ``delay_ms`` (float), ``ttft_ms`` (float) - override the server defaults;
+* ``tokens`` (int), ``delay_ms`` (float), ``ttft_ms`` (float), ``batch`` (int, tokens per chunk)
+  - override the server defaults;
 * ``status`` (400..599) - answer that status at once with an OpenAI error body (stream or not);
 * ``fail: "before_head"`` - close the connection at once without answering;
 * ``fail: "after_tokens"`` with ``fail_after: k`` (default 1) - a stream sends its head, the role
@@ -58,11 +62,11 @@ Control endpoints (not in OpenAI):
   when run in-process).
 * ``POST /_reset`` - zero every counter but ``active`` and forget the last request.
 
-HTTP: keep-alive (HTTP/1.1 by default, 1.0 with ``Connection: keep-alive``), pipelining, request
-bodies by ``Content-Length`` only (a ``Transfer-Encoding`` request gets 411 and a close),
-``Expect: 100-continue``. JSON answers carry ``Content-Length``; streams use chunked encoding (a
-HTTP/1.0 client gets a close-delimited stream). A peer that half-closes its side during a stream is
-taken as gone.
+HTTP (h11's rules): keep-alive for HTTP/1.1 (HTTP/1.0 connections close after one exchange),
+pipelining, request bodies by ``Content-Length`` only (a ``Transfer-Encoding`` request gets 411 and
+a close), ``Expect: 100-continue``. JSON answers carry ``Content-Length``; streams use chunked
+encoding (a HTTP/1.0 client gets a close-delimited stream). A peer that half-closes its side during
+a stream is taken as gone.
 """
 
 from __future__ import annotations
@@ -71,76 +75,44 @@ import argparse
 import base64
 import dataclasses
 import functools
-import hashlib
-import itertools
 import json
-import math
-import os
 import struct
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable
+from http import HTTPStatus
 from typing import Any
 
+import h11
 import trio
+
+from tests.standins._openai_shapes import (
+    EMBED_DIMS,
+    Config,
+    Plan,
+    StreamTemplate,
+    check_required,
+    completion_id,
+    embedding,
+    error_body,
+    json_bytes,
+    make_plan,
+    text,
+    usage,
+)
 
 __all__ = ["Config", "FakeUpstream", "Stats", "main", "serve"]
 
 MAX_HEAD = 64 * 1024
 MAX_BODY = 64 * 1024 * 1024
 RECV_SIZE = 65536
-BATCH_TOKENS = 256
-EMBED_DIMS = 8
 INFERENCE_PATHS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings"})
-
-_REASONS = {
-    100: "Continue",
-    200: "OK",
-    400: "Bad Request",
-    401: "Unauthorized",
-    403: "Forbidden",
-    404: "Not Found",
-    405: "Method Not Allowed",
-    408: "Request Timeout",
-    409: "Conflict",
-    411: "Length Required",
-    413: "Payload Too Large",
-    422: "Unprocessable Entity",
-    429: "Too Many Requests",
-    431: "Request Header Fields Too Large",
-    500: "Internal Server Error",
-    501: "Not Implemented",
-    502: "Bad Gateway",
-    503: "Service Unavailable",
-    504: "Gateway Timeout",
-    505: "HTTP Version Not Supported",
-}
-_ERROR_TYPES = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    403: "permission_error",
-    404: "not_found_error",
-    409: "conflict_error",
-    422: "unprocessable_entity_error",
-    429: "rate_limit_error",
-}
-_STREAM_HEAD_CHUNKED = (
-    b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n"
-    b"transfer-encoding: chunked\r\n\r\n"
-)
-_STREAM_HEAD_CLOSE = (
-    b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n"
-    b"connection: close\r\n\r\n"
-)
-_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-_LAST_CHUNK = b"0\r\n\r\n"
-_DONE_EVENT = b"data: [DONE]\n\n"
-_ID_PREFIX = os.urandom(4).hex()
-_ids = itertools.count(1)
+_JSON = [(b"content-type", b"application/json")]
+_SSE = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
 
 
 class BadRequest(Exception):
-    """The request cannot be parsed as HTTP/1.1; answer ``status`` and close the connection."""
+    """The request is not acceptable HTTP/1.1; answer ``status`` and close the connection."""
 
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
@@ -150,16 +122,6 @@ class BadRequest(Exception):
 
 class InjectedClose(Exception):
     """Raised by a handler to drop the connection on purpose (an ``x_fake.fail`` fault)."""
-
-
-@dataclasses.dataclass
-class Config:
-    """Server-wide defaults; every field but ``models`` can be overridden per request via x_fake."""
-
-    tokens: int = 16
-    delay_ms: float = 0.0
-    ttft_ms: float = 0.0
-    models: list[str] = dataclasses.field(default_factory=lambda: ["fake"])
 
 
 @dataclasses.dataclass
@@ -183,337 +145,127 @@ class Stats:
 
 @dataclasses.dataclass
 class Request:
-    """One parsed HTTP request: method, path (without query), lower-cased headers, raw body."""
+    """One request: method, path (without query), lower-cased headers, raw body."""
 
     method: str
     path: str
     version: str
     headers: dict[str, str]
     body: bytes
-    keep_alive: bool
-
-
-@dataclasses.dataclass
-class Plan:
-    """What one inference request asked for, after x_fake, max_tokens and the defaults are applied."""
-
-    tokens: int
-    finish_reason: str
-    delay: float
-    ttft: float
-    fail: str | None
-    fail_after: int
-    status: int | None
-    stream: bool
-    include_usage: bool
-    model: str
-    prompt_tokens: int
-
-
-# --------------------------------------------------------------------------------------- HTTP bits
-
-
-def _json_bytes(obj: Any) -> bytes:
-    """Compact UTF-8 JSON."""
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
-
-
-def _response(status: int, body: bytes, *, close: bool = False) -> bytes:
-    """A whole HTTP/1.1 response with ``Content-Length`` (and ``Connection: close`` if ``close``)."""
-    reason = _REASONS.get(status, "Status").encode()
-    head = b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n" % (
-        status,
-        reason,
-        len(body),
-    )
-    if close:
-        head += b"connection: close\r\n"
-    return head + b"\r\n" + body
-
-
-def _error_body(status: int, message: str, *, code: str | None = None, param: str | None = None) -> bytes:
-    """An OpenAI error document for ``status``."""
-    kind = _ERROR_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
-    return _json_bytes({"error": {"message": message, "type": kind, "param": param, "code": code}})
-
-
-def _error(
-    status: int, message: str, *, close: bool = False, code: str | None = None, param: str | None = None
-) -> bytes:
-    """A whole HTTP response carrying an OpenAI error document."""
-    return _response(status, _error_body(status, message, code=code, param=param), close=close)
-
-
-def _chunk(payload: bytes) -> bytes:
-    """``payload`` framed as one HTTP/1.1 chunk (it must not be empty)."""
-    return b"%x\r\n%s\r\n" % (len(payload), payload)
-
-
-def _parse_head(head: bytes) -> tuple[str, str, str, dict[str, str]]:
-    """Request line and headers of ``head`` (without the blank line); repeated headers are joined
-    with ", ". Raises :class:`BadRequest` on malformed input."""
-    lines = head.split(b"\r\n")
-    parts = lines[0].split(b" ")
-    if len(parts) != 3:
-        raise BadRequest(400, "malformed request line")
-    method, target, version = (p.decode("latin-1") for p in parts)
-    if version not in ("HTTP/1.1", "HTTP/1.0"):
-        raise BadRequest(505, f"unsupported HTTP version {version!r}")
-    headers: dict[str, str] = {}
-    for line in lines[1:]:
-        name, sep, value = line.partition(b":")
-        if not sep or not name or name != name.strip():
-            raise BadRequest(400, "malformed header line")
-        key = name.decode("latin-1").lower()
-        text = value.strip().decode("latin-1")
-        headers[key] = f"{headers[key]}, {text}" if key in headers else text
-    path = target.split("?", 1)[0]
-    return method, path, version, headers
-
-
-def _wants_keep_alive(version: str, headers: dict[str, str]) -> bool:
-    """Whether the connection stays open after this exchange (RFC 9112 section 9.3)."""
-    tokens = {t.strip().lower() for t in headers.get("connection", "").split(",")}
-    if version == "HTTP/1.1":
-        return "close" not in tokens
-    return "keep-alive" in tokens
 
 
 class Connection:
-    """One client connection: a receive buffer and the stream; single reader, single writer."""
+    """One client connection: an h11 state machine over the socket; single reader, single writer."""
 
     def __init__(self, stream: trio.SocketStream) -> None:
-        """Wrap ``stream``; nothing is read yet."""
         self.stream = stream
-        self.buf = bytearray()
+        # h11's default incomplete-event limit is 16 KiB; the stand-in has always taken 64 KiB heads.
+        self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
         self.peer_gone = False
 
-    async def _fill(self) -> bool:
-        """Read more bytes into the buffer; False at EOF or on a reset."""
+    async def _fill(self) -> None:
+        """Read once more into h11's buffer (an EOF or a reset is fed as the end of input)."""
         try:
             data = await self.stream.receive_some(RECV_SIZE)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             data = b""
         if not data:
             self.peer_gone = True
-            return False
-        self.buf += data
-        return True
+        if self.h11.their_state is not h11.CLOSED:
+            self.h11.receive_data(data)
+
+    async def _next(self) -> Any:
+        while True:
+            try:
+                event = self.h11.next_event()
+            except h11.RemoteProtocolError as exc:
+                raise BadRequest(exc.error_status_hint, str(exc) or "malformed request") from None
+            if event is not h11.NEED_DATA:
+                return event
+            await self._fill()
 
     async def read_request(self) -> Request | None:
-        """The next request, or None when the peer closed cleanly between requests.
+        """The next request, or None when the peer closed (cleanly or not) between requests.
 
         Raises :class:`BadRequest` for input that is not an acceptable HTTP/1.1 request."""
-        start = 0
-        while True:
-            end = self.buf.find(b"\r\n\r\n", start)
-            if end >= 0:
-                break
-            if len(self.buf) > MAX_HEAD:
-                raise BadRequest(431, "request head too large")
-            start = max(0, len(self.buf) - 3)
-            if not await self._fill():
-                if self.buf.strip():
-                    raise BadRequest(400, "connection closed inside the request head")
-                return None
-        head = bytes(self.buf[:end]).lstrip(b"\r\n")
-        del self.buf[: end + 4]
-        method, path, version, headers = _parse_head(head)
+        if self.h11.our_state is h11.DONE and self.h11.their_state is h11.DONE:
+            self.h11.start_next_cycle()
+        event = await self._next()
+        if isinstance(event, h11.ConnectionClosed) or event is h11.PAUSED:
+            return None
+        assert isinstance(event, h11.Request)
+        head = event
+        headers: dict[str, str] = {}
+        for name, value in head.headers:
+            key, val = name.decode("latin-1"), value.decode("latin-1")
+            headers[key] = f"{headers[key]}, {val}" if key in headers else val
         if "transfer-encoding" in headers:
             raise BadRequest(411, "request bodies must have a Content-Length (no Transfer-Encoding)")
-        length = 0
-        if "content-length" in headers:
-            raw = headers["content-length"]
-            if not raw.isdigit():
-                raise BadRequest(400, "invalid Content-Length")
-            length = int(raw)
-            if length > MAX_BODY:
-                raise BadRequest(413, "request body too large")
-        if length and headers.get("expect", "").lower() == "100-continue" and len(self.buf) < length:
-            await self.stream.send_all(_CONTINUE)
-        while len(self.buf) < length:
-            if not await self._fill():
+        if int(headers.get("content-length", "0")) > MAX_BODY:
+            raise BadRequest(413, "request body too large")
+        if self.h11.they_are_waiting_for_100_continue:
+            await self.send(h11.InformationalResponse(status_code=100, headers=[]))
+        parts: list[bytes] = []
+        while True:
+            event = await self._next()
+            if isinstance(event, h11.Data):
+                parts.append(bytes(event.data))
+            elif isinstance(event, h11.EndOfMessage):
+                break
+            else:  # the peer went away inside the body
                 return None
-        body = bytes(self.buf[:length])
-        del self.buf[:length]
-        return Request(method, path, version, headers, body, _wants_keep_alive(version, headers))
+        return Request(
+            method=head.method.decode("latin-1"),
+            path=head.target.decode("latin-1").split("?", 1)[0],
+            version=head.http_version.decode("latin-1"),
+            headers=headers,
+            body=b"".join(parts),
+        )
+
+    async def send(self, event: Any) -> None:
+        """Serialize one h11 event and write it (one socket send)."""
+        data = self.h11.send(event)
+        if data:
+            await self.stream.send_all(data)
 
     async def watch(self, cancel_scope: trio.CancelScope) -> None:
         """Until cancelled: read (and keep, for pipelining) whatever the peer sends; at EOF or reset
         mark the peer gone and cancel ``cancel_scope``."""
-        while True:
-            if len(self.buf) > MAX_HEAD + MAX_BODY or not await self._fill():
-                self.peer_gone = True
-                cancel_scope.cancel()
-                return
+        taken = 0
+        while not self.peer_gone and taken <= MAX_HEAD + MAX_BODY:
+            try:
+                data = await self.stream.receive_some(RECV_SIZE)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                data = b""
+            if not data:
+                break
+            taken += len(data)
+            self.h11.receive_data(data)
+        self.peer_gone = True
+        cancel_scope.cancel()
 
 
-# ---------------------------------------------------------------------------------- OpenAI helpers
+def _reason(status: int) -> bytes:
+    try:
+        return HTTPStatus(status).phrase.encode()
+    except ValueError:
+        return b"Status"
 
 
-def _count_words(value: Any) -> int:
-    """Whitespace-separated words in a string, a list of content parts, or a list of prompts;
-    a list of integers (token ids) counts its length."""
-    if isinstance(value, str):
-        return len(value.split())
-    if isinstance(value, list):
-        if value and all(isinstance(v, int) for v in value):
-            return len(value)
-        return sum(_count_words(v) for v in value)
-    if isinstance(value, dict):
-        if isinstance(value.get("text"), str):
-            return len(value["text"].split())
-        return 0
-    return 0
-
-
-def _prompt_tokens(path: str, body: dict[str, Any]) -> int:
-    """The usage ``prompt_tokens`` of a request body for ``path``."""
-    if path == "/v1/chat/completions":
-        messages = body.get("messages")
-        if not isinstance(messages, list):
-            return 0
-        return sum(_count_words(m.get("content")) for m in messages if isinstance(m, dict))
-    if path == "/v1/completions":
-        return _count_words(body.get("prompt"))
-    return _count_words(body.get("input"))
-
-
-def _number(obj: dict[str, Any], key: str, default: float, *, integer: bool = False) -> float:
-    """``obj[key]`` as a non-negative number (an int if ``integer``), else ``default``.
-    Raises ValueError for a present value of the wrong type."""
-    if key not in obj or obj[key] is None:
-        return default
-    value = obj[key]
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or (integer and not isinstance(value, int))
-    ):
-        raise ValueError(f"x_fake.{key} must be a {'integer' if integer else 'number'}")
-    if value < 0 or not math.isfinite(value):
-        raise ValueError(f"x_fake.{key} must be >= 0")
-    return value
-
-
-def _plan(config: Config, path: str, body: dict[str, Any]) -> Plan:
-    """Merge the defaults, x_fake and the OpenAI request fields. Raises ValueError when invalid."""
-    fake = body.get("x_fake") or {}
-    if not isinstance(fake, dict):
-        raise ValueError("x_fake must be an object")
-    tokens = int(_number(fake, "tokens", config.tokens, integer=True))
-    cap: Any = body.get("max_completion_tokens", body.get("max_tokens"))
-    finish = "stop"
-    if cap is not None:
-        if isinstance(cap, bool) or not isinstance(cap, int) or cap < 0:
-            raise ValueError("max_tokens must be a non-negative integer")
-        if cap < tokens:
-            tokens, finish = cap, "length"
-    fail = fake.get("fail")
-    if fail not in (None, "before_head", "after_tokens"):
-        raise ValueError("x_fake.fail must be 'before_head' or 'after_tokens'")
-    status = fake.get("status")
-    if status is not None and (
-        isinstance(status, bool) or not isinstance(status, int) or not 400 <= status <= 599
-    ):
-        raise ValueError("x_fake.status must be an integer in 400..599")
-    options = body.get("stream_options")
-    model = body.get("model")
-    return Plan(
-        tokens=tokens,
-        finish_reason=finish,
-        delay=_number(fake, "delay_ms", config.delay_ms) / 1000.0,
-        ttft=_number(fake, "ttft_ms", config.ttft_ms) / 1000.0,
-        fail=fail,
-        fail_after=int(_number(fake, "fail_after", 1, integer=True)),
-        status=status,
-        stream=body.get("stream") is True,
-        include_usage=isinstance(options, dict) and options.get("include_usage") is True,
-        model=model if isinstance(model, str) and model else config.models[0],
-        prompt_tokens=_prompt_tokens(path, body),
+def _raw_error(status: int, message: str) -> bytes:
+    """A whole error response that closes the connection, built by hand: after a protocol
+    error h11 refuses to send anything, and the peer still deserves a reason."""
+    body = error_body(status, message)
+    reason = _reason(status)
+    return (
+        b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
+        b"connection: close\r\n\r\n%s" % (status, reason, len(body), body)
     )
 
 
-def _usage(plan: Plan) -> dict[str, int]:
-    """The CompletionUsage object of a finished request."""
-    return {
-        "prompt_tokens": plan.prompt_tokens,
-        "completion_tokens": plan.tokens,
-        "total_tokens": plan.prompt_tokens + plan.tokens,
-    }
-
-
-def _text(n: int) -> str:
-    """The whole answer of ``n`` tokens."""
-    return "".join([f"tok{i} " for i in range(n)])
-
-
-def _embedding(item: Any) -> list[float]:
-    """A deterministic, L2-normalised vector of EMBED_DIMS floats for one input."""
-    digest = hashlib.sha256(json.dumps(item).encode()).digest()
-    raw = [(b - 127.5) / 127.5 for b in digest[:EMBED_DIMS]]
-    norm = math.sqrt(sum(v * v for v in raw)) or 1.0
-    return [round(v / norm, 6) for v in raw]
-
-
-class StreamTemplate:
-    """Byte templates of one stream's SSE events; ``token(i)`` costs one int format and a join."""
-
-    def __init__(self, plan: Plan, chat: bool) -> None:
-        """Encode the constant parts of every event of the stream described by ``plan``."""
-        self.plan = plan
-        self.chat = chat
-        rid = f"{'chatcmpl' if chat else 'cmpl'}-{_ID_PREFIX}{next(_ids):012x}"
-        kind = "chat.completion.chunk" if chat else "text_completion"
-        self.base = {"id": rid, "object": kind, "created": int(time.time()), "model": plan.model}
-        self.usage_null = b',"usage":null' if plan.include_usage else b""
-        head = _json_bytes(self.base)[:-1]  # without the closing brace
-        if chat:
-            self.prefix = b"data: " + head + b',"choices":[{"index":0,"delta":{"content":"tok'
-            self.suffix = b' "},"logprobs":null,"finish_reason":null}]' + self.usage_null + b"}\n\n"
-        else:
-            self.prefix = b"data: " + head + b',"choices":[{"index":0,"text":"tok'
-            self.suffix = b' ","logprobs":null,"finish_reason":null}]' + self.usage_null + b"}\n\n"
-
-    def _event(self, choices: list[dict[str, Any]], *, usage: Any = ...) -> bytes:
-        """One ``data:`` event of the base object with ``choices`` (and ``usage`` if given)."""
-        doc = dict(self.base, choices=choices)
-        if usage is not ...:
-            doc["usage"] = usage
-        elif self.plan.include_usage:
-            doc["usage"] = None
-        return b"data: " + _json_bytes(doc) + b"\n\n"
-
-    def first(self) -> bytes:
-        """The role chunk of a chat stream (nothing for completions)."""
-        if not self.chat:
-            return b""
-        delta = {"role": "assistant", "content": ""}
-        return self._event([{"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}])
-
-    def token(self, i: int) -> bytes:
-        """The event carrying content token ``i``."""
-        return self.prefix + b"%d" % i + self.suffix
-
-    def tokens(self, start: int, stop: int) -> bytes:
-        """The events of tokens ``start`` up to (not including) ``stop``, concatenated."""
-        prefix, suffix = self.prefix, self.suffix
-        return b"".join([prefix + b"%d" % i + suffix for i in range(start, stop)])
-
-    def last(self) -> bytes:
-        """The finish chunk, the usage chunk when asked for, and ``[DONE]``."""
-        reason = self.plan.finish_reason
-        if self.chat:
-            choice: dict[str, Any] = {"index": 0, "delta": {}, "logprobs": None, "finish_reason": reason}
-        else:
-            choice = {"index": 0, "text": "", "logprobs": None, "finish_reason": reason}
-        out = self._event([choice])
-        if self.plan.include_usage:
-            out += self._event([], usage=_usage(self.plan))
-        return out + _DONE_EVENT
-
-
 # ---------------------------------------------------------------------------------------- server
+
+Route = Callable[[Connection, Request], Awaitable[None]]
 
 
 class FakeUpstream:
@@ -527,7 +279,7 @@ class FakeUpstream:
         self.last_request: Request | None = None
         self.host = "127.0.0.1"
         self.port = 0
-        self._models_body = _json_bytes(
+        self._models_body = json_bytes(
             {
                 "object": "list",
                 "data": [
@@ -536,9 +288,7 @@ class FakeUpstream:
                 ],
             }
         )
-        self._models_response = _response(200, self._models_body)
-        self._health_response = _response(200, b'{"status":"ok"}')
-        self._routes: dict[tuple[str, str], Callable[[Connection, Request], Any]] = {
+        self._routes: dict[tuple[str, str], Route] = {
             ("GET", "/v1/models"): self._models,
             ("GET", "/health"): self._health,
             ("GET", "/_stats"): self._stats,
@@ -570,17 +320,14 @@ class FakeUpstream:
                 try:
                     request = await conn.read_request()
                 except BadRequest as e:
-                    await stream.send_all(_error(e.status, e.message, close=True))
+                    await stream.send_all(_raw_error(e.status, e.message))
                     return
                 if request is None:
                     return
                 route = self._routes.get((request.method, request.path))
-                if route is None:
-                    keep = await self._no_route(conn, request)
-                else:
-                    keep = await route(conn, request)
-                if not keep or conn.peer_gone:
-                    return
+                await (route or self._no_route)(conn, request)
+                if conn.peer_gone or conn.h11.our_state is not h11.DONE:
+                    return  # h11 says MUST_CLOSE (no keep-alive), or the peer left
         except (trio.BrokenResourceError, trio.ClosedResourceError, InjectedClose):
             pass
         except Exception as e:  # a bug here must not take the whole server down
@@ -589,68 +336,58 @@ class FakeUpstream:
             with trio.CancelScope(shield=True):
                 await trio.aclose_forcefully(stream)
 
-    # ---- small routes: each answers and returns whether the connection stays open
+    # ---- small routes: each sends one whole response
 
-    async def _send(self, conn: Connection, request: Request, data: bytes) -> bool:
-        """Send a whole pre-built response; True if the connection is kept."""
+    async def _send(self, conn: Connection, status: int, body: bytes) -> None:
+        """One JSON response with ``Content-Length``, in one socket write."""
+        headers = [*_JSON, (b"content-length", b"%d" % len(body))]
+        h = conn.h11
+        data = h.send(h11.Response(status_code=status, headers=headers, reason=_reason(status)))
+        data += h.send(h11.Data(data=body)) + h.send(h11.EndOfMessage())
         await conn.stream.send_all(data)
-        return request.keep_alive
 
-    async def _json(self, conn: Connection, request: Request, status: int, obj: Any) -> bool:
-        """Send ``obj`` as JSON with ``status``."""
-        return await self._send(
-            conn, request, _response(status, _json_bytes(obj), close=not request.keep_alive)
-        )
+    async def _error(self, conn: Connection, status: int, message: str, *, code: str | None = None) -> None:
+        await self._send(conn, status, error_body(status, message, code=code))
 
-    async def _no_route(self, conn: Connection, request: Request) -> bool:
+    async def _no_route(self, conn: Connection, request: Request) -> None:
         """404 for an unknown path, 405 for a known path with the wrong method."""
-        close = not request.keep_alive
         if any(path == request.path for _, path in self._routes):
-            return await self._send(
-                conn, request, _error(405, f"method {request.method} not allowed", close=close)
-            )
-        return await self._send(conn, request, _error(404, f"unknown path {request.path}", close=close))
+            await self._error(conn, 405, f"method {request.method} not allowed")
+        else:
+            await self._error(conn, 404, f"unknown path {request.path}")
 
-    async def _models(self, conn: Connection, request: Request) -> bool:
-        """GET /v1/models."""
-        if request.keep_alive:
-            return await self._send(conn, request, self._models_response)
-        return await self._send(conn, request, _response(200, self._models_body, close=True))
+    async def _models(self, conn: Connection, request: Request) -> None:
+        await self._send(conn, 200, self._models_body)
 
-    async def _health(self, conn: Connection, request: Request) -> bool:
-        """GET /health."""
-        if request.keep_alive:
-            return await self._send(conn, request, self._health_response)
-        return await self._json(conn, request, 200, {"status": "ok"})
+    async def _health(self, conn: Connection, request: Request) -> None:
+        await self._send(conn, 200, b'{"status":"ok"}')
 
-    async def _stats(self, conn: Connection, request: Request) -> bool:
-        """GET /_stats."""
-        return await self._json(conn, request, 200, self.stats_dict())
+    async def _stats(self, conn: Connection, request: Request) -> None:
+        await self._send(conn, 200, json_bytes(self.stats_dict()))
 
-    async def _reset(self, conn: Connection, request: Request) -> bool:
+    async def _reset(self, conn: Connection, request: Request) -> None:
         """POST /_reset: zero the counters (not ``active``) and forget the last request."""
         self.stats.reset()
         self.last_request = None
         self.started = time.monotonic()
-        return await self._json(conn, request, 200, self.stats_dict())
+        await self._send(conn, 200, json_bytes(self.stats_dict()))
 
-    async def _last(self, conn: Connection, request: Request) -> bool:
-        """GET /_last_request."""
+    async def _last(self, conn: Connection, request: Request) -> None:
         last = self.last_request
         if last is None:
-            error = _error(404, "no inference request yet", close=not request.keep_alive)
-            return await self._send(conn, request, error)
+            await self._error(conn, 404, "no inference request yet")
+            return
         raw = last.body.decode("utf-8", "replace")
         try:
             body: Any = json.loads(last.body)
         except ValueError:
             body = None
         doc = {"method": last.method, "path": last.path, "headers": last.headers, "body": body, "raw": raw}
-        return await self._json(conn, request, 200, doc)
+        await self._send(conn, 200, json_bytes(doc))
 
     # ---- inference
 
-    async def _inference(self, conn: Connection, request: Request) -> bool:
+    async def _inference(self, conn: Connection, request: Request) -> None:
         """POST to one of the inference endpoints: account for it and answer it."""
         self.last_request = request
         stats = self.stats
@@ -664,47 +401,44 @@ class FakeUpstream:
             stats.active -= 1
         if outcome == "cancelled":
             stats.cancelled += 1
-            return False
-        if outcome == "failed":
+            conn.peer_gone = True
+        elif outcome == "failed":
             stats.failed += 1
             raise InjectedClose()
-        if outcome == "error":
+        elif outcome == "error":
             stats.errors += 1
         else:
             stats.completed += 1
-        return request.keep_alive
 
     async def _answer(self, conn: Connection, request: Request) -> str:
         """Answer an inference request; returns "completed", "error", "failed" (the connection must
         be dropped now) or "cancelled" (the peer went away)."""
-        close = not request.keep_alive
         try:
             body = json.loads(request.body)
         except ValueError:
-            await conn.stream.send_all(_error(400, "the body is not valid JSON", close=close))
+            await self._error(conn, 400, "the body is not valid JSON")
             return "error"
         if not isinstance(body, dict):
-            await conn.stream.send_all(_error(400, "the body must be a JSON object", close=close))
+            await self._error(conn, 400, "the body must be a JSON object")
             return "error"
         try:
-            plan = _plan(self.config, request.path, body)
-            _check_required(request.path, body)
+            plan = make_plan(self.config, request.path, body)
+            check_required(request.path, body)
         except ValueError as e:
-            await conn.stream.send_all(_error(400, str(e), close=close))
+            await self._error(conn, 400, str(e))
             return "error"
         if plan.fail == "before_head":
             return "failed"
         if plan.status is not None:
-            message = f"injected status {plan.status}"
-            await conn.stream.send_all(_error(plan.status, message, close=close, code=f"fake_{plan.status}"))
+            await self._error(conn, plan.status, f"injected status {plan.status}", code=f"fake_{plan.status}")
             return "error"
         if request.path == "/v1/embeddings":
-            return await self._embeddings(conn, request, body, plan)
+            return await self._embeddings(conn, body, plan)
         if plan.stream:
             return await self._stream(conn, request, plan)
         return await self._whole(conn, request, plan)
 
-    async def _embeddings(self, conn: Connection, request: Request, body: dict[str, Any], plan: Plan) -> str:
+    async def _embeddings(self, conn: Connection, body: dict[str, Any], plan: Plan) -> str:
         """POST /v1/embeddings (ttft_ms is slept before answering)."""
         items = body["input"]
         if isinstance(items, str) or (
@@ -714,7 +448,7 @@ class FakeUpstream:
         data = []
         b64 = body.get("encoding_format") == "base64"
         for i, item in enumerate(items):
-            vector: Any = _embedding(item)
+            vector: Any = embedding(item)
             if b64:
                 vector = base64.b64encode(struct.pack(f"<{EMBED_DIMS}f", *vector)).decode()
             data.append({"object": "embedding", "index": i, "embedding": vector})
@@ -726,7 +460,7 @@ class FakeUpstream:
         }
         if plan.ttft and not await self._sleep_watching(conn, plan.ttft):
             return "cancelled"
-        await conn.stream.send_all(_response(200, _json_bytes(doc), close=not request.keep_alive))
+        await self._send(conn, 200, json_bytes(doc))
         return "completed"
 
     async def _sleep_watching(self, conn: Connection, seconds: float) -> bool:
@@ -740,41 +474,41 @@ class FakeUpstream:
     async def _whole(self, conn: Connection, request: Request, plan: Plan) -> str:
         """A non-streaming completion, sent after ttft + (n - 1) * delay."""
         chat = request.path == "/v1/chat/completions"
-        rid = f"{'chatcmpl' if chat else 'cmpl'}-{_ID_PREFIX}{next(_ids):012x}"
-        text = _text(plan.tokens)
+        answer = text(plan.tokens)
         if chat:
             choice: dict[str, Any] = {
                 "index": 0,
-                "message": {"role": "assistant", "content": text, "refusal": None},
+                "message": {"role": "assistant", "content": answer, "refusal": None},
                 "logprobs": None,
                 "finish_reason": plan.finish_reason,
             }
         else:
-            choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": plan.finish_reason}
+            choice = {"index": 0, "text": answer, "logprobs": None, "finish_reason": plan.finish_reason}
         doc = {
-            "id": rid,
+            "id": completion_id(chat),
             "object": "chat.completion" if chat else "text_completion",
             "created": int(time.time()),
             "model": plan.model,
             "choices": [choice],
-            "usage": _usage(plan),
+            "usage": usage(plan),
         }
-        data = _response(200, _json_bytes(doc), close=not request.keep_alive)
+        payload = json_bytes(doc)
         wait = plan.ttft + plan.delay * max(plan.tokens - 1, 0)
         if wait > 0 and not await self._sleep_watching(conn, wait):
             return "cancelled"
         if plan.fail == "after_tokens":
-            await conn.stream.send_all(data[: len(data) - len(data) // 4])
+            headers = [*_JSON, (b"content-length", b"%d" % len(payload))]
+            data = conn.h11.send(h11.Response(status_code=200, headers=headers, reason=b"OK"))
+            data += conn.h11.send(h11.Data(data=payload[: len(payload) - len(payload) // 4]))
+            await conn.stream.send_all(data)
             return "failed"
-        await conn.stream.send_all(data)
+        await self._send(conn, 200, payload)
         self.stats.tokens_sent += plan.tokens
         return "completed"
 
     async def _stream(self, conn: Connection, request: Request, plan: Plan) -> str:
         """A streamed completion; the socket is watched for EOF while it runs."""
         outcome = "cancelled"  # stays so if the watcher cancels the body
-        if request.version != "HTTP/1.1":
-            request.keep_alive = False  # a close-delimited stream: the close ends the body
         async with trio.open_nursery() as nursery:
             nursery.start_soon(conn.watch, nursery.cancel_scope)
             try:
@@ -785,70 +519,49 @@ class FakeUpstream:
         return outcome
 
     async def _stream_body(self, conn: Connection, request: Request, plan: Plan) -> str:
-        """Write the stream of ``plan``; returns "completed" or "failed" (drop the connection)."""
-        chat = request.path == "/v1/chat/completions"
-        chunked = request.version == "HTTP/1.1"
-        frame: Callable[[bytes], bytes] = _chunk if chunked else (lambda payload: payload)
-        send = conn.stream.send_all
-        stats = self.stats
-        template = StreamTemplate(plan, chat)
-        limit = plan.tokens
-        if plan.fail == "after_tokens":
-            limit = min(plan.fail_after, plan.tokens)
-        head = _STREAM_HEAD_CHUNKED if chunked else _STREAM_HEAD_CLOSE
+        """Write the stream of ``plan``, one HTTP chunk (one socket send) per ``plan.batch``
+        tokens; returns "completed" or "failed" (drop the connection)."""
+        template = StreamTemplate(plan, request.path == "/v1/chat/completions")
+        h, send, stats = conn.h11, conn.stream.send_all, self.stats
+        limit = plan.tokens if plan.fail != "after_tokens" else min(plan.fail_after, plan.tokens)
+        # No Content-Length: h11 chunks the body for HTTP/1.1 and closes after it for HTTP/1.0.
+        data = h.send(h11.Response(status_code=200, headers=_SSE, reason=b"OK"))
         first = template.first()
-        await send(head + frame(first) if first else head)
+        await send(data + h.send(h11.Data(data=first)) if first else data)
         if plan.ttft:
             await trio.sleep(plan.ttft)
-        if plan.delay <= 0:
-            for start in range(0, limit, BATCH_TOKENS):
-                stop = min(start + BATCH_TOKENS, limit)
-                await send(frame(template.tokens(start, stop)))
-                stats.tokens_sent += stop - start
-        else:
-            begin = trio.current_time()
-            for i in range(limit):
-                if i:
-                    await trio.sleep_until(begin + i * plan.delay)
-                await send(frame(template.token(i)))
-                stats.tokens_sent += 1
+        begin = trio.current_time()
+        step = plan.batch
+        for start in range(0, limit, step):
+            if start and plan.delay > 0:
+                await trio.sleep_until(begin + start * plan.delay)
+            stop = min(start + step, limit)
+            chunk = template.token(start) if stop - start == 1 else template.tokens(start, stop)
+            await send(h.send(h11.Data(data=chunk)))
+            stats.tokens_sent += stop - start
         if plan.fail == "after_tokens":
             return "failed"
-        tail = frame(template.last())
-        await send(tail + _LAST_CHUNK if chunked else tail)
+        await send(h.send(h11.Data(data=template.last())) + h.send(h11.EndOfMessage()))
         return "completed"
-
-
-def _check_required(path: str, body: dict[str, Any]) -> None:
-    """The minimal request validation OpenAI does too; raises ValueError."""
-    if path == "/v1/chat/completions" and not isinstance(body.get("messages"), list):
-        raise ValueError("'messages' is a required array")
-    if path == "/v1/completions" and "prompt" not in body:
-        raise ValueError("'prompt' is required")
-    if path == "/v1/embeddings":
-        items = body.get("input")
-        if not isinstance(items, (str, list)) or (isinstance(items, list) and not items):
-            raise ValueError("'input' must be a string or a non-empty array")
 
 
 # ------------------------------------------------------------------------------------ entry points
 
 
 def _config(defaults: dict[str, Any]) -> Config:
-    """A Config from serve()'s keyword defaults (tokens, delay_ms, ttft_ms, model/models)."""
-    known = {"tokens", "delay_ms", "ttft_ms", "model", "models"}
+    """A Config from serve()'s keyword defaults (tokens, delay_ms, ttft_ms, batch, model/models)."""
+    known = {"tokens", "delay_ms", "ttft_ms", "batch", "model", "models"}
     unknown = set(defaults) - known
     if unknown:
         raise TypeError(f"unknown defaults: {sorted(unknown)}")
-    models: Iterable[str] | str = defaults.get("models", defaults.get("model", "fake"))
+    models: Any = defaults.get("models", defaults.get("model", "fake"))
     model_list = [models] if isinstance(models, str) else list(models)
-    if not model_list:
-        model_list = ["fake"]
     return Config(
         tokens=int(defaults.get("tokens", 16)),
         delay_ms=float(defaults.get("delay_ms", 0.0)),
         ttft_ms=float(defaults.get("ttft_ms", 0.0)),
-        models=model_list,
+        batch=max(1, int(defaults.get("batch", 1))),
+        models=model_list or ["fake"],
     )
 
 
@@ -861,9 +574,9 @@ async def serve(
 ) -> None:
     """Listen on ``host:port`` (0 = a free port) and serve until cancelled.
 
-    ``defaults`` are ``tokens``, ``delay_ms``, ``ttft_ms`` and ``model`` (a string or a list;
-    ``models`` is accepted too). Reports the running :class:`FakeUpstream` through ``task_status``
-    once listening; its ``url`` has the actual port."""
+    ``defaults`` are ``tokens``, ``delay_ms``, ``ttft_ms``, ``batch`` and ``model`` (a string or a
+    list; ``models`` is accepted too). Reports the running :class:`FakeUpstream` through
+    ``task_status`` once listening; its ``url`` has the actual port."""
     upstream = FakeUpstream(_config(defaults))
     async with trio.open_nursery() as nursery:
         start = functools.partial(trio.serve_tcp, upstream.handle, port, host=host, backlog=4096)
@@ -874,15 +587,15 @@ async def serve(
 
 
 def _arguments(argv: list[str] | None) -> argparse.Namespace:
-    """Parse the command line."""
     parser = argparse.ArgumentParser(
-        prog="python -m tests.standins.openai_upstream", description=__doc__.split("\n", 1)[0]
+        prog="python -m tests.standins.openai_upstream", description=(__doc__ or "").split("\n", 1)[0]
     )
     parser.add_argument("--port", type=int, required=True, help="TCP port (0 = any free port)")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--tokens", type=int, default=16, help="tokens per answer (default 16)")
     parser.add_argument("--delay-ms", type=float, default=0.0, help="sleep between tokens (default 0)")
     parser.add_argument("--ttft-ms", type=float, default=0.0, help="sleep before the first token (default 0)")
+    parser.add_argument("--batch", type=int, default=1, help="tokens per HTTP chunk (default 1, like vLLM)")
     parser.add_argument("--model", action="append", help="model id to list (repeatable; default 'fake')")
     return parser.parse_args(argv)
 
@@ -901,6 +614,7 @@ def main(argv: list[str] | None = None) -> None:
                     tokens=args.tokens,
                     delay_ms=args.delay_ms,
                     ttft_ms=args.ttft_ms,
+                    batch=args.batch,
                     models=args.model or ["fake"],
                 )
             )

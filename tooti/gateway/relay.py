@@ -1,201 +1,352 @@
-"""Exchanges with nodes over pooled inference streams.
+"""Exchanges with nodes over one inference tunnel per node (the gateway's half of the tunnel).
 
-Opening a libp2p stream costs ≈5 ms of negotiation; a round trip on an open one ≈1 ms. The
-pool keeps streams whose last exchange ended cleanly (an end frame was read) and hands them
-out again; a stream that saw anything else is reset and never reused. It grows lazily: a
-stream is opened only when no idle one is left, so a peer's pool is as large as the most
-exchanges it has had at once (up to ``_MAX_IDLE_PER_PEER``).
+The protocol is specified in ``proto/tooti/v1/tooti.proto`` (above ``TunnelFrame``) and its
+shared machinery is ``tooti.p2p.tunnel``. Here: :class:`StreamPool` keeps one tunnel per node,
+opened on first use, and runs its reader and writer tasks (``run`` must be running in a nursery
+for exchanges to start); :func:`start_exchange` opens an exchange on it and waits for the head;
+:class:`Exchange` hands out the body and gives credit back as the HTTP side consumes it.
+
+A client that stops reading stops crediting its own exchange only: the node's sender for it
+waits, while the tunnel's single reader keeps draining every other exchange's frames.
 """
 
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
+import math
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 import trio
-from google.protobuf.message import DecodeError
 from libp2p.abc import IHost, INetStream
 from libp2p.network.stream.exceptions import StreamError
 from libp2p.peer.id import ID
 
 from tooti.p2p import protocols
-from tooti.p2p.framing import FrameError, FrameReader, encode
 from tooti.p2p.host import raise_stream_cap
+from tooti.p2p.tunnel import (
+    CREDIT_EVERY,
+    MAX_DATA,
+    WINDOW,
+    Outbox,
+    ProtocolViolation,
+    TunnelClosed,
+    credit_frame,
+    data_frame,
+    frame,
+    pieces,
+    read_frames,
+    reset_frame,
+    reset_quietly,
+)
 from tooti.wire import pb
+
+if TYPE_CHECKING:
+    from trio_typing import TaskStatus  # the stubs mypy reads for trio (installed with libp2p)
 
 log = logging.getLogger("tooti.gateway")
 
-# Above this many concurrent exchanges with one node, streams are closed on release and
-# negotiated again (≈3 ms CPU on each side). 64 made every exchange past the 64th pay that,
-# which was a third of the CPU per stream at 256 concurrent streams. An idle stream costs a
-# blocked reader task on the node and a few KiB on each side; yamux allows 4,096 per
-# connection here (host.STREAM_CAP), and nodes run far fewer exchanges than that at once.
-_MAX_IDLE_PER_PEER = 1024
+#: How often the watchdog looks for exchanges past their idle or first-byte timeout.
+_WATCHDOG_S = 0.25
 
-
-class _Reader(FrameReader):
-    """A FrameReader that can also hand out the frames already buffered, without awaiting."""
-
-    __slots__ = ()
-
-    def buffered_raw(self) -> bytes | None:
-        """The next frame's body if all of it is already buffered, else None (nothing consumed)."""
-        buf = self._buf
-        value = shift = 0
-        for i, byte in enumerate(buf):
-            if i >= 5:
-                return None  # malformed: let read_frame raise it
-            value |= (byte & 0x7F) << shift
-            shift += 7
-            if not byte & 0x80:
-                if value > self._max or len(buf) - i - 1 < value:
-                    return None
-                body = bytes(buf[i + 1 : i + 1 + value])
-                del buf[: i + 1 + value]
-                return body
-        return None
+__all__ = ["Exchange", "NodeFailure", "StreamPool", "reset_quietly", "start_exchange"]
 
 
 class NodeFailure(Exception):
     """The node (or the path to it) failed: unreachable, reset, truncated, malformed."""
 
 
-class _Conn:
-    __slots__ = ("fresh", "reader", "stream")
+class _Pending:
+    """The gateway's state of one exchange: what the tunnel's reader has delivered so far.
 
-    def __init__(self, stream: INetStream, fresh: bool) -> None:
+    The one task consuming it parks in ``wait`` and the reader reschedules it directly: a token
+    costs no Event and no cancel scope. Idle timeouts are enforced by the pool's watchdog
+    (``StreamPool.run``), which marks an exchange whose consumer has waited too long.
+    """
+
+    __slots__ = (
+        "blocks",
+        "deadline",
+        "end",
+        "failure",
+        "head",
+        "outstanding",
+        "rid",
+        "timed_out",
+        "uncredited",
+        "waiter",
+    )
+
+    def __init__(self, rid: int) -> None:
+        self.rid = rid
+        self.head: pb.ResponseHead | None = None
+        self.blocks: list[bytes] = []
+        self.end: pb.ResponseEnd | None = None
+        self.failure: str | None = None
+        self.waiter: trio.lowlevel.Task | None = None
+        self.deadline = math.inf  # while waiting: when the watchdog gives up on it
+        self.timed_out = False
+        self.outstanding = 0  # data bytes received and not yet credited back
+        self.uncredited = 0  # of those, consumed by the HTTP side and not yet credited
+
+    def wake(self) -> None:
+        task = self.waiter
+        if task is not None:
+            self.waiter = None
+            trio.lowlevel.reschedule(task)
+
+    def fail(self, why: str) -> None:
+        if self.failure is None and self.end is None:
+            self.failure = why
+        self.wake()
+
+    async def wait(self, patience: float) -> None:
+        """Until the reader delivers something (or fails the exchange); raises
+        trio.TooSlowError when the watchdog saw nothing arrive for ``patience`` seconds."""
+        self.deadline = trio.current_time() + patience
+        self.waiter = trio.lowlevel.current_task()
+
+        def abort(_: object) -> trio.lowlevel.Abort:
+            self.waiter = None
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        await trio.lowlevel.wait_task_rescheduled(abort)
+        self.deadline = math.inf
+        if self.timed_out:
+            raise trio.TooSlowError
+
+
+class _Tunnel:
+    """One tunnel stream to one node and the exchanges open on it."""
+
+    def __init__(self, pool: StreamPool, peer_id: str, stream: INetStream) -> None:
+        self.pool = pool
+        self.peer_id = peer_id
         self.stream = stream
-        self.reader = _Reader(stream)
-        self.fresh = fresh
+        self.outbox = Outbox(stream)
+        self.open: dict[int, _Pending] = {}
+        self.next_rid = 1
+        self.alive = True
+        self.scope = trio.CancelScope()
+
+    async def run(self, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        why = "tunnel to node closed"
+        with self.scope:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._write)
+                task_status.started()
+                try:
+                    why = await self._read()
+                except StreamError as exc:
+                    why = f"tunnel to node broke: {type(exc).__name__}"
+                except Exception as exc:  # noqa: BLE001 - this task runs in the pool's nursery: nothing
+                    # may escape it (a crash there would take the gateway down), whatever libp2p raises
+                    why = f"tunnel to node broke: {type(exc).__name__}: {exc}"
+                    log.warning("tunnel to %s: %s", self.peer_id, why)
+                nursery.cancel_scope.cancel()
+        self._die(why)
+        await reset_quietly(self.stream)
+
+    async def _write(self) -> None:
+        try:
+            await self.outbox.run()
+        except Exception as exc:  # noqa: BLE001 - as in run(): end this tunnel, never the pool
+            self._die(f"tunnel write failed: {type(exc).__name__}")
+            self.scope.cancel()
+
+    async def _read(self) -> str:
+        async for batch in read_frames(self.stream):
+            for f in batch:
+                p = self.open.get(f.request)
+                if p is None:
+                    continue  # crossed our reset on the wire
+                kind = f.WhichOneof("kind")
+                if kind == "data":
+                    n = len(f.data)
+                    if p.head is None or p.end is not None or p.outstanding + n > WINDOW:
+                        raise ProtocolViolation("data outside an open window")
+                    p.outstanding += n
+                    p.blocks.append(f.data)
+                elif kind == "head":
+                    if p.head is not None:
+                        raise ProtocolViolation("second head")
+                    p.head = f.head
+                elif kind == "end":
+                    if p.head is None:
+                        raise ProtocolViolation("end before head")
+                    p.end = f.end
+                elif kind == "reset":
+                    p.fail(f"node reset the exchange: {f.reset.reason[:200]}")
+                    del self.open[f.request]
+                else:
+                    raise ProtocolViolation(f"unexpected {kind} frame from a node")
+                p.wake()
+        return "node closed the tunnel"
+
+    def _die(self, why: str) -> None:
+        if not self.alive:
+            return
+        self.alive = False
+        self.outbox.close()
+        self.pool._dropped(self)
+        pending, self.open = self.open, {}
+        for p in pending.values():
+            p.fail(why)
+        if pending:
+            log.warning("tunnel to %s ended with %d exchanges open: %s", self.peer_id, len(pending), why)
+
+    async def begin(self, request: pb.InferenceRequest) -> _Pending:
+        """Register a new exchange and queue its open frame (and body continuation frames)."""
+        if not self.alive:
+            raise NodeFailure("tunnel to node closed")
+        rid = self.next_rid
+        self.next_rid += 1
+        p = _Pending(rid)
+        self.open[rid] = p
+        body = request.body
+        try:
+            if len(body) <= MAX_DATA:
+                self.outbox.put(frame(pb.TunnelFrame(request=rid, open=request)))
+            else:
+                parts = pieces(body)
+                first = pb.InferenceRequest()
+                first.CopyFrom(request)
+                first.body = parts[0]
+                self.outbox.put(frame(pb.TunnelFrame(request=rid, open=first, more=True)))
+                for i, part in enumerate(parts[1:], 2):
+                    # put_wait: a large body interleaves with other exchanges' frames.
+                    await self.outbox.put_wait(data_frame(rid, part, more=i < len(parts)))
+        except TunnelClosed:
+            raise NodeFailure("tunnel to node closed") from None
+        except BaseException:
+            self.abandon(p)  # cancelled half-way through the body: the node drops what it has
+            raise
+        return p
+
+    def credit(self, p: _Pending, consumed: int) -> None:
+        p.uncredited += consumed
+        if p.uncredited >= CREDIT_EVERY and p.end is None and self.alive:
+            self.outbox.put(credit_frame(p.rid, p.uncredited))
+            p.outstanding -= p.uncredited
+            p.uncredited = 0
+
+    def abandon(self, p: _Pending) -> None:
+        """Forget an exchange; unless it ended, tell the node (which cancels its backend request)."""
+        if self.open.pop(p.rid, None) is not None and p.end is None and p.failure is None and self.alive:
+            self.outbox.put(reset_frame(p.rid, "gateway abandoned the exchange"))
+
+    def finished(self, p: _Pending) -> None:
+        self.open.pop(p.rid, None)
 
 
 class StreamPool:
+    """One tunnel per node, opened on first use. ``run()`` owns the tunnels' tasks: start it in
+    the gateway's nursery (exchanges fail with NodeFailure until it runs)."""
+
     def __init__(self, host: IHost) -> None:
         self._host = host
-        self._idle: dict[str, list[_Conn]] = defaultdict(list)
+        self._tunnels: dict[str, _Tunnel] = {}
+        self._opening: dict[str, trio.Lock] = {}
+        self._nursery: trio.Nursery | None = None
 
-    async def acquire(self, peer_id: str, *, fresh: bool = False) -> _Conn:
-        idle = self._idle.get(peer_id)
-        if idle and not fresh:
-            return idle.pop()
-        try:
-            stream = await self._host.new_stream(ID.from_base58(peer_id), [protocols.INFERENCE])
-        except Exception as exc:  # noqa: BLE001 - libp2p raises many kinds here
-            raise NodeFailure(f"cannot open a stream: {type(exc).__name__}: {exc}") from None
-        raise_stream_cap(stream)
-        return _Conn(stream, fresh=True)
+    async def run(self) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            try:
+                await self._watchdog()
+            finally:
+                self._nursery = None
 
-    def release(self, peer_id: str, conn: _Conn) -> None:
-        idle = self._idle[peer_id]
-        if len(idle) < _MAX_IDLE_PER_PEER:
-            conn.fresh = False
-            idle.append(conn)
-        else:
-            self._discard_soon(conn)
+    async def _watchdog(self) -> None:
+        """Time out exchanges whose consumer has waited past its deadline. One pass per
+        ``_WATCHDOG_S`` over every open exchange, instead of a cancel scope per token: a
+        timeout fires up to that much late, which for timeouts of seconds does not matter."""
+        while True:
+            await trio.sleep(_WATCHDOG_S)
+            now = trio.current_time()
+            for t in list(self._tunnels.values()):
+                for p in list(t.open.values()):
+                    if p.waiter is not None and p.deadline <= now:
+                        p.timed_out = True
+                        p.wake()
+
+    async def tunnel(self, peer_id: str) -> _Tunnel:
+        """The live tunnel to ``peer_id``, opening one if needed. Raises NodeFailure."""
+        t = self._tunnels.get(peer_id)
+        if t is not None and t.alive:
+            return t
+        lock = self._opening.setdefault(peer_id, trio.Lock())
+        async with lock:  # one opener per node; the others wait for its tunnel
+            t = self._tunnels.get(peer_id)
+            if t is not None and t.alive:
+                return t
+            if self._nursery is None:
+                raise NodeFailure("the relay is not running")
+            try:
+                stream = await self._host.new_stream(ID.from_base58(peer_id), [protocols.INFERENCE])
+            except Exception as exc:  # noqa: BLE001 - libp2p raises many kinds here
+                raise NodeFailure(f"cannot open a tunnel: {type(exc).__name__}: {exc}") from None
+            raise_stream_cap(stream)
+            t = _Tunnel(self, peer_id, stream)
+            self._tunnels[peer_id] = t
+            await self._nursery.start(t.run)
+            return t
+
+    def _dropped(self, t: _Tunnel) -> None:
+        if self._tunnels.get(t.peer_id) is t:
+            del self._tunnels[t.peer_id]
 
     def forget(self, peer_id: str) -> None:
-        """Drop idle streams to a peer that went away."""
-        self._idle.pop(peer_id, None)
-
-    def _discard_soon(self, conn: _Conn) -> None:
-        # Closing needs an await; the stream is idle and clean, so letting the connection's
-        # teardown reclaim it is fine, but close it when we can to free the peer's slot.
-        trio.lowlevel.spawn_system_task(_close_quietly, conn.stream)
-
-
-async def _close_quietly(stream: INetStream) -> None:
-    try:
-        await stream.close()
-    except Exception:  # noqa: BLE001
-        pass
-
-
-async def reset_quietly(stream: INetStream) -> None:
-    with trio.CancelScope(shield=True), trio.move_on_after(1):
-        try:
-            await stream.reset()
-        except Exception:  # noqa: BLE001
-            pass
+        """A node went away: end its tunnel (its open exchanges fail with NodeFailure)."""
+        t = self._tunnels.pop(peer_id, None)
+        self._opening.pop(peer_id, None)
+        if t is not None:
+            t.scope.cancel()
 
 
 class Exchange:
-    """One request/response with a node, from after its head frame to its end frame.
+    """One request/response with a node, from after its head to its end.
 
-    Iterate ``data()`` for the body bytes, in order: the data frames already buffered together
-    come out as one block (when the gateway falls behind, one HTTP chunk for several tokens),
-    and a block is never held back waiting for more. Afterwards ``end`` holds the node's end
-    frame. ``data()`` raises NodeFailure when the stream breaks before the end frame, and
-    ``trio.TooSlowError`` when no frame arrives within ``idle_timeout``. ``close()`` returns
-    the stream to the pool when the exchange finished cleanly, and resets it otherwise (which
-    cancels the backend request on the node).
+    Iterate ``data()`` for the body bytes, in order: everything that arrived since the last
+    block comes out as one block (when the HTTP side falls behind, one chunk for several
+    tokens), and a block is never held back waiting for more. Afterwards ``end`` holds the
+    node's end frame. ``data()`` raises NodeFailure when the exchange breaks before its end
+    (tunnel gone, node reset) and ``trio.TooSlowError`` when nothing arrives within
+    ``idle_timeout``. ``close()`` forgets the exchange; one that did not end is reset, which
+    cancels the backend request on the node (and nothing else on the tunnel).
     """
 
-    def __init__(
-        self, pool: StreamPool, peer_id: str, conn: _Conn, head: pb.ResponseHead, idle_timeout: float
-    ) -> None:
-        self.pool = pool
-        self.peer_id = peer_id
-        self._conn = conn
-        self.head = head
-        self.end: pb.ResponseEnd | None = None
+    def __init__(self, tunnel: _Tunnel, pending: _Pending, idle_timeout: float) -> None:
+        self._tunnel = tunnel
+        self._p = pending
+        self.peer_id = tunnel.peer_id
+        assert pending.head is not None
+        self.head: pb.ResponseHead = pending.head
         self._idle_timeout = idle_timeout
 
+    @property
+    def end(self) -> pb.ResponseEnd | None:
+        return self._p.end
+
     async def data(self) -> AsyncIterator[bytes]:
-        reader = self._conn.reader
+        p, tunnel = self._p, self._tunnel
         while True:
-            try:
-                with trio.fail_after(self._idle_timeout):
-                    frame = await reader.read_frame(pb.ResponseFrame)
-            except (StreamError, FrameError) as exc:
-                raise NodeFailure(f"stream from node broke: {type(exc).__name__}") from None
-            if frame is None:
-                raise NodeFailure("node ended the stream without an end frame")
-            kind = frame.WhichOneof("kind")
-            if kind == "data":
-                block = frame.data
-                more = reader.buffered_raw()
-                if more is None:
-                    yield block
-                    continue
-                block, end = _coalesce(block, more, reader)
+            blocks = p.blocks
+            if blocks:
+                p.blocks = []
+                block = blocks[0] if len(blocks) == 1 else b"".join(blocks)
+                tunnel.credit(p, len(block))
                 yield block
-                if end is not None:
-                    self.end = end
-                    return
-            elif kind == "end":
-                self.end = frame.end
+                continue
+            if p.end is not None:
+                tunnel.finished(p)
                 return
-            else:
-                raise NodeFailure(f"unexpected {kind} frame")
+            if p.failure is not None:
+                raise NodeFailure(p.failure)
+            await p.wait(self._idle_timeout)
 
     async def close(self) -> None:
-        if self.end is not None:
-            self.pool.release(self.peer_id, self._conn)
-        else:
-            await reset_quietly(self._conn.stream)
-
-
-def _coalesce(first: bytes, raw: bytes | None, reader: _Reader) -> tuple[bytes, pb.ResponseEnd | None]:
-    """Join ``first`` with the data of the complete frames already buffered (``raw`` is the next
-    one's body), stopping after an end frame. Returns the joined bytes and that end frame, if any.
-    Raises NodeFailure on a malformed or unexpected frame, as ``Exchange.data`` would."""
-    parts = [first]
-    while raw is not None:
-        frame = pb.ResponseFrame()
-        try:
-            frame.ParseFromString(raw)
-        except DecodeError:
-            raise NodeFailure("stream from node broke: FrameError") from None
-        kind = frame.WhichOneof("kind")
-        if kind == "data":
-            parts.append(frame.data)
-        elif kind == "end":
-            return b"".join(parts), frame.end
-        else:
-            raise NodeFailure(f"unexpected {kind} frame")
-        raw = reader.buffered_raw()
-    return b"".join(parts), None
+        self._tunnel.abandon(self._p)
 
 
 async def start_exchange(
@@ -206,27 +357,20 @@ async def start_exchange(
     first_byte_timeout: float,
     idle_timeout: float,
 ) -> Exchange:
-    """Send ``request`` to ``peer_id`` and wait for the head frame.
+    """Send ``request`` to ``peer_id`` on its tunnel and wait for the head.
 
-    Raises NodeFailure when the node cannot be reached or breaks before its head (safe to
-    retry elsewhere: the client has seen nothing), ``trio.TooSlowError`` after
-    ``first_byte_timeout``. A pooled stream that turns out dead is replaced once by a fresh one.
+    Raises NodeFailure when the node cannot be reached or the exchange breaks before its head
+    (safe to retry elsewhere: the client has seen nothing), ``trio.TooSlowError`` after
+    ``first_byte_timeout`` (the exchange is reset, cancelling it on the node).
     """
-    frame_bytes = encode(pb.GatewayFrame(request=request))
-    conn = await pool.acquire(peer_id)
-    while True:
-        try:
-            await conn.stream.write(frame_bytes)
-            with trio.fail_after(first_byte_timeout):
-                frame = await conn.reader.read_frame(pb.ResponseFrame)
-            if frame is None or frame.WhichOneof("kind") != "head":
-                raise NodeFailure("node answered without a head frame")
-            return Exchange(pool, peer_id, conn, frame.head, idle_timeout)
-        except (StreamError, FrameError, NodeFailure) as exc:
-            await reset_quietly(conn.stream)
-            if conn.fresh:
-                raise NodeFailure(str(exc) or type(exc).__name__) from None
-            conn = await pool.acquire(peer_id, fresh=True)  # the pooled one was stale
-        except BaseException:
-            await reset_quietly(conn.stream)
-            raise
+    tunnel = await pool.tunnel(peer_id)
+    p = await tunnel.begin(request)
+    try:
+        while p.head is None:
+            if p.failure is not None:
+                raise NodeFailure(p.failure)
+            await p.wait(first_byte_timeout)
+    except BaseException:
+        tunnel.abandon(p)
+        raise
+    return Exchange(tunnel, p, idle_timeout)

@@ -2,8 +2,8 @@
 
 from libp2p.custom_types import TProtocol
 
-#: gateway -> node: InferenceRequest / ResponseFrame exchanges, stream reusable between them
-INFERENCE = TProtocol("/tooti/inference/1.0.0")
+#: gateway -> node: the inference tunnel, one stream per pair carrying every exchange (TunnelFrame)
+INFERENCE = TProtocol("/tooti/inference/2.0.0")
 #: node -> gateway: Hello / Intro / (Proof) / Welcome, then heartbeats one way and
 #: gateway-list updates the other, for as long as the node is connected
 CONTROL = TProtocol("/tooti/control/2.0.0")

@@ -58,7 +58,12 @@ def _count(value: object) -> int:
 
 def inspect_event(event: bytes) -> tuple[Usage | None, bool]:
     """(usage carried by the event, whether the event is a usage-only chunk with no choices)."""
-    if b'"usage"' not in event:
+    # Parse only an event whose "usage" is an object: include_usage streams carry `"usage":null`
+    # in every chunk, and parsing those would be a JSON parse per token.
+    at = event.find(b'"usage"')
+    while at >= 0 and not _usage_object_at(event, at + 7):
+        at = event.find(b'"usage"', at + 7)
+    if at < 0:
         return None, False
     for line in event.split(b"\n"):
         if line.startswith(b"data:"):
@@ -69,6 +74,14 @@ def inspect_event(event: bytes) -> tuple[Usage | None, bool]:
             if isinstance(obj, dict):
                 return usage_from(obj), obj.get("choices") == []
     return None, False
+
+
+def _usage_object_at(event: bytes, i: int) -> bool:
+    """Whether the value after the ``"usage"`` key ending at ``i`` is an object (``: {``)."""
+    n = len(event)
+    while i < n and event[i] in b" \t:":
+        i += 1
+    return i < n and event[i] == 0x7B  # "{"
 
 
 def sse(obj: dict[str, Any]) -> bytes:

@@ -102,6 +102,32 @@ class ResponseFrame(_message.Message):
     end: ResponseEnd
     def __init__(self, head: _Optional[_Union[ResponseHead, _Mapping]] = ..., data: _Optional[bytes] = ..., end: _Optional[_Union[ResponseEnd, _Mapping]] = ...) -> None: ...
 
+class TunnelReset(_message.Message):
+    __slots__ = ("reason",)
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    reason: str
+    def __init__(self, reason: _Optional[str] = ...) -> None: ...
+
+class TunnelFrame(_message.Message):
+    __slots__ = ("request", "open", "head", "data", "end", "credit", "reset", "more")
+    REQUEST_FIELD_NUMBER: _ClassVar[int]
+    OPEN_FIELD_NUMBER: _ClassVar[int]
+    HEAD_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
+    CREDIT_FIELD_NUMBER: _ClassVar[int]
+    RESET_FIELD_NUMBER: _ClassVar[int]
+    MORE_FIELD_NUMBER: _ClassVar[int]
+    request: int
+    open: InferenceRequest
+    head: ResponseHead
+    data: bytes
+    end: ResponseEnd
+    credit: int
+    reset: TunnelReset
+    more: bool
+    def __init__(self, request: _Optional[int] = ..., open: _Optional[_Union[InferenceRequest, _Mapping]] = ..., head: _Optional[_Union[ResponseHead, _Mapping]] = ..., data: _Optional[bytes] = ..., end: _Optional[_Union[ResponseEnd, _Mapping]] = ..., credit: _Optional[int] = ..., reset: _Optional[_Union[TunnelReset, _Mapping]] = ..., more: _Optional[bool] = ...) -> None: ...
+
 class ModelInfo(_message.Message):
     __slots__ = ("name", "capacity")
     NAME_FIELD_NUMBER: _ClassVar[int]
