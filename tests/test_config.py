@@ -25,6 +25,7 @@ from tooti.config import (
     load_node_config,
     run_check,
 )
+from tooti.p2p import keys
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "tests" / "data" / "config"
@@ -47,11 +48,14 @@ def write(tmp_path: Path, text: str, name: str = "c.yaml") -> Path:
     return path
 
 
+NETWORK_ID = "tooti-net-pub-v1:d8SsgN1fa5sREd4oqTbPYELm05J05RdZRklkLuQaoEo"
+
+
 def node_yaml(node_extra: str = "", rest: str = "") -> str:
     return (
         "node:\n  identity_key_file: node.key\n"
         + node_extra
-        + f"network:\n  bootstrap: [{BOOTSTRAP}]\nbackend:\n  type: loopback\n"
+        + f"network:\n  id: {NETWORK_ID}\n  bootstrap: [{BOOTSTRAP}]\nbackend:\n  type: loopback\n"
         + rest
     )
 
@@ -66,7 +70,7 @@ def test_minimal_node_gets_defaults() -> None:
     assert cfg.node.name == socket.gethostname()
     assert cfg.node.identity_key_file == DATA / "node.key"  # relative to the file
     assert cfg.node.namespace == ""
-    assert cfg.node.namespace_secret is None
+    assert cfg.node.namespace_key is None
     assert cfg.node.max_concurrency == 4
     assert cfg.network.bootstrap == (BOOTSTRAP,)
     assert cfg.network.listen == ()
@@ -83,12 +87,13 @@ def test_minimal_node_gets_defaults() -> None:
 
 
 def test_full_node_values_and_env_expansion(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("TOOTI_TEST_NS_SECRET", "abc")
+    key = keys.generate(keys.NAMESPACE_PRIVATE)
+    monkeypatch.setenv("TOOTI_TEST_NS_KEY_BODY", key.split(":", 1)[1])
     monkeypatch.setenv("TOOTI_TEST_API_KEY", SECRET)
     cfg = load_node_config(DATA / "good_node_full.yaml")
     assert cfg.node.name == "box-7"
     assert cfg.node.namespace == "team_a-1"
-    assert cfg.node.namespace_secret == "pre-abc-post"  # embedded reference
+    assert cfg.node.namespace_key == key  # embedded reference
     assert cfg.node.max_concurrency == 16
     assert len(cfg.network.bootstrap) == 2
     assert cfg.network.listen == ("/ip4/0.0.0.0/tcp/4002", "/ip6/::/tcp/4002")
@@ -170,22 +175,22 @@ BAD = [
     ("bad_bool_int.yaml", "node", "node.max_concurrency", 3, "expected an integer, got a boolean"),
     ("bad_missing_key.yaml", "node", "node.identity_key_file", 1, "missing required key"),
     ("bad_missing_section.yaml", "node", "network", None, "missing required section"),
-    ("bad_bootstrap_multiaddr.yaml", "node", "network.bootstrap[1]", 6, "not a valid multiaddr"),
-    ("bad_bootstrap_no_peer.yaml", "node", "network.bootstrap[0]", 5, "/p2p/<peer id>"),
-    ("bad_peer_id.yaml", "node", "network.bootstrap[0]", 5, "Invalid CID"),
-    ("bad_bootstrap_empty.yaml", "node", "network.bootstrap", 4, "at least 1"),
-    ("bad_listen_multiaddr.yaml", "node", "network.listen[0]", 5, "not a valid multiaddr"),
-    ("bad_url.yaml", "node", "backend.base_url", 7, "http:// or https://"),
-    ("bad_missing_base_url.yaml", "node", "backend.base_url", 5, "missing required key"),
-    ("bad_enum.yaml", "node", "backend.type", 6, "did you mean 'ollama'"),
+    ("bad_bootstrap_multiaddr.yaml", "node", "network.bootstrap[1]", 7, "not a valid multiaddr"),
+    ("bad_bootstrap_no_peer.yaml", "node", "network.bootstrap[0]", 6, "/p2p/<peer id>"),
+    ("bad_peer_id.yaml", "node", "network.bootstrap[0]", 6, "Invalid CID"),
+    ("bad_bootstrap_empty.yaml", "node", "network.bootstrap", 5, "at least 1"),
+    ("bad_listen_multiaddr.yaml", "node", "network.listen[0]", 6, "not a valid multiaddr"),
+    ("bad_url.yaml", "node", "backend.base_url", 8, "http:// or https://"),
+    ("bad_missing_base_url.yaml", "node", "backend.base_url", 6, "missing required key"),
+    ("bad_enum.yaml", "node", "backend.type", 7, "did you mean 'ollama'"),
     ("bad_namespace.yaml", "node", "node.namespace", 3, "must be 1-63 characters"),
-    ("bad_float.yaml", "node", "heartbeat.interval_sec", 8, "greater than 0"),
-    ("bad_float_type.yaml", "node", "models.refresh_sec", 8, "expected a number, got a string"),
-    ("bad_duplicate.yaml", "node", "node", 7, "duplicate key (first set on line 1)"),
+    ("bad_float.yaml", "node", "heartbeat.interval_sec", 9, "greater than 0"),
+    ("bad_float_type.yaml", "node", "models.refresh_sec", 9, "expected a number, got a string"),
+    ("bad_duplicate.yaml", "node", "node", 8, "duplicate key (first set on line 1)"),
     (
         "bad_env_unset.yaml",
         "node",
-        "node.namespace_secret",
+        "node.namespace_key",
         4,
         "environment variable TOOTI_TEST_SURELY_UNSET is not set",
     ),
@@ -198,7 +203,7 @@ BAD = [
     ("bad_db_url.yaml", "gateway", "database.url", 3, "must start with sqlite:///"),
     ("bad_gateway_bootstrap.yaml", "gateway", "network.bootstrap[0]", 4, "/p2p/<peer id>"),
     ("bad_timeouts_order.yaml", "gateway", "timeouts.first_token_sec", 3, "must not exceed total_sec"),
-    ("bad_syntax.yaml", None, "", 5, "invalid YAML"),
+    ("bad_syntax.yaml", None, "", 6, "invalid YAML"),
     ("bad_not_mapping.yaml", None, "", 1, "top level must be a mapping"),
     ("bad_empty.yaml", None, "", None, "file is empty"),
     ("bad_both_kinds.yaml", None, "", 1, "both node: and gateway:"),
@@ -229,9 +234,9 @@ def test_all_problems_reported_at_once() -> None:
     assert found == [
         (3, "node.max_concurrency"),
         (4, "node.colour"),
-        (7, "network.bootstrap[0]"),
-        (10, "backend.base_url"),
-        (12, "timeouts.total_sec"),
+        (8, "network.bootstrap[0]"),
+        (11, "backend.base_url"),
+        (13, "timeouts.total_sec"),
     ]
     assert str(info.value).splitlines() == [str(p) for p in info.value.problems]
 
@@ -264,7 +269,7 @@ def test_int_accepted_for_float_but_not_float_for_int(tmp_path: Path) -> None:
 def test_list_expected(tmp_path: Path) -> None:
     path = write(tmp_path, node_yaml(rest="models:\n  allow: llama3\n"))
     (problem,) = check_file(path)[1]
-    assert (problem.key, problem.line) == ("models.allow", 8)
+    assert (problem.key, problem.line) == ("models.allow", 9)
     assert "expected a list" in problem.message
 
 
@@ -280,8 +285,8 @@ def test_string_expected_suggests_quotes(tmp_path: Path) -> None:
 
 
 def test_malformed_env_reference(tmp_path: Path) -> None:
-    (problem,) = check_file(write(tmp_path, node_yaml("  namespace_secret: ${OOPS\n")))[1]
-    assert problem.key == "node.namespace_secret"
+    (problem,) = check_file(write(tmp_path, node_yaml("  namespace_key: ${OOPS\n")))[1]
+    assert problem.key == "node.namespace_key"
     assert "malformed" in problem.message
 
 
@@ -418,7 +423,7 @@ def test_secret_values_never_printed(tmp_path: Path, monkeypatch: pytest.MonkeyP
     node = write(
         tmp_path,
         node_yaml(
-            "  namespace_secret: ${TOOTI_TEST_SECRET}\n  bogus: 1\n",
+            "  namespace_key: ${TOOTI_TEST_SECRET}\n  bogus: 1\n",
             "backend:\n  type: openai\n  base_url: http://x/\n  api_key: key-${TOOTI_TEST_SECRET}\n",
         ),
         "node.yaml",

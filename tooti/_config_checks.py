@@ -260,3 +260,41 @@ def _timeouts_post(
             _yp.join(path, "first_token_sec"),
             f"must not exceed total_sec ({total:g})",
         )
+
+
+def _file_path(ctx: _yp.Ctx, node: yaml.Node, path: str) -> Any:
+    """A file path, resolved against the config file's folder (existence checked at start)."""
+    text = _yp.nonempty_string(ctx, node, path)
+    if text is _yp.INVALID:
+        return text
+    resolved = Path(text).expanduser()
+    return resolved if resolved.is_absolute() else ctx.base_dir / resolved
+
+
+def _network_id(ctx: _yp.Ctx, node: yaml.Node, path: str) -> Any:
+    """A network id: the network's public key, ``tooti-net-pub-v1:...`` (may be ${ENV})."""
+    from tooti.p2p import keys
+
+    value = _secret(ctx, node, path)
+    if value is _yp.INVALID:
+        return value
+    try:
+        return keys.check_public(value, keys.NETWORK_PUBLIC)
+    except keys.KeyFormatError as exc:
+        return ctx.report(node, path, f"not a network id ({exc}); `tooti network init` prints one")
+
+
+def _namespace_key(ctx: _yp.Ctx, node: yaml.Node, path: str) -> Any:
+    """A namespace private key, ``tooti-ns-key-v1:...`` (usually ${ENV}); never echoed."""
+    from tooti.p2p import keys
+
+    value = _secret(ctx, node, path)
+    if value is _yp.INVALID:
+        return value
+    try:
+        keys.public_of(value, keys.NAMESPACE_PRIVATE, keys.NAMESPACE_PUBLIC)
+    except (keys.KeyFormatError, ValueError):
+        return ctx.report(
+            node, path, "not a namespace private key (tooti-ns-key-v1:...; see `tooti namespace create`)"
+        )
+    return value.strip()

@@ -15,7 +15,6 @@ from typing import Any
 
 from tooti.wire import pb
 
-
 _MAX_REMEMBERED = 10_000  # (namespace, model) pairs kept for "known but unavailable"
 
 
