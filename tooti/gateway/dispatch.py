@@ -240,6 +240,7 @@ class Dispatcher:
                     break
                 raise _no_capacity(call.model_ref) from None
             tried.add(entry.peer_id)
+            sent = time.monotonic()
             try:
                 ex = await start_exchange(
                     self._pool,
@@ -269,6 +270,7 @@ class Dispatcher:
                 admission.release(entry)
                 raise
             opened = Opened(ex, entry, entry.namespace, model, call.path)
+            entry.observe_ttft((time.monotonic() - sent) * 1000)
             if ex.head.status != 200:
                 retry = await self._refused(opened)
                 if retry == "busy":
