@@ -270,8 +270,11 @@ class Dispatcher:
                 admission.release(entry)
                 raise
             opened = Opened(ex, entry, entry.namespace, model, call.path)
-            entry.observe_ttft((time.monotonic() - sent) * 1000)
-            if ex.head.status != 200:
+            if ex.head.status == 200:
+                # Only answers that start work: a "busy" or a refusal comes back at once and
+                # would make a full node look like the fastest.
+                entry.observe_ttft((time.monotonic() - sent) * 1000)
+            else:
                 retry = await self._refused(opened)
                 if retry == "busy":
                     tried.discard(entry.peer_id)  # busy is not failed: it may have room later
