@@ -403,7 +403,7 @@ def test_fairness_one_keys_batch_does_not_starve_anothers_request(edge: dict) ->
     body = {
         "model": "fair",
         "messages": [{"role": "user", "content": "x"}],
-        "x_fake": {"tokens": 4, "delay_ms": 20},
+        "x_fake": {"tokens": 4, "ttft_ms": 150},  # ~150 ms of service each
     }
 
     def ask(key: str) -> None:
@@ -419,18 +419,27 @@ def test_fairness_one_keys_batch_does_not_starve_anothers_request(edge: dict) ->
 
     try:
         wait_for_models(gw.base_url, {"fair"})
-        with ThreadPoolExecutor(51) as pool:
+        payload = json.dumps(body).encode()
+        with ThreadPoolExecutor(50) as pool, socket.create_connection(("127.0.0.1", _port(gw))) as b:
             batch = [pool.submit(ask, "key-A") for _ in range(50)]
-            _until(lambda: _queue(gw)["depth"] >= 30, timeout=30)  # A has a long queue
+            _until(lambda: _queue(gw)["depth"] >= 10, timeout=30)  # A has a queue
+            # B's connection is open already, so its request reaches the gateway at once.
             sent_b = time.monotonic()
-            b = pool.submit(ask, "key-B")
-            b.result(timeout=60)
+            b.sendall(
+                b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer key-B\r\n"
+                + f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n".encode()
+                + payload
+            )
+            b.settimeout(60)
+            assert b"200" in _read_response(b)
+            done.append(("key-B", time.monotonic()))
             for f in batch:
                 f.result(timeout=120)
         b_at = next(t for k, t in done if k == "key-B")
         a_between = sum(1 for k, t in done if k == "key-A" and sent_b <= t < b_at)
         assert a_between <= 2, a_between
         assert len(done) == 51
+        assert sum(1 for k, t in done if k == "key-A" and t > b_at) >= 5  # B did not just come last
     finally:
         node.proc.stop()
         up.stop()

@@ -90,7 +90,10 @@ ROUTE_BY_PATH: dict[str, tuple[str, int]] = {
     "/v1/embeddings": ("embeddings", pb.ROUTE_EMBEDDINGS),
     "/v1/responses": ("responses", pb.ROUTE_RESPONSES),
 }
-ROUTE_NAMES: dict[int, str] = {wire: name for name, wire in ROUTE_BY_PATH.values()}
+ROUTE_NAMES: dict[int, str] = {
+    **{wire: name for name, wire in ROUTE_BY_PATH.values()},
+    pb.ROUTE_PASSTHROUGH: "passthrough",
+}
 PATH_OF_ROUTE: dict[str, str] = {name: path for path, (name, _) in ROUTE_BY_PATH.items()}
 
 # Other OpenAI(-compatible) routes relayed as ROUTE_PASSTHROUGH with method and path, to nodes

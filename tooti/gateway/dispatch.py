@@ -20,6 +20,7 @@ from collections.abc import Callable
 import trio
 
 from tooti.config import AdmissionSection
+from tooti.openai_shapes import ROUTE_NAMES
 from tooti.wire import pb
 
 from .admission import Admission, QueueFull, QueueTimeout
@@ -156,8 +157,15 @@ class Dispatcher:
 
     # -- the loop ---------------------------------------------------------------------------
 
-    def _candidates(self, model: str, scope: set[str] | None, path: str) -> list[NodeEntry]:
-        return [e for e in self._registry.serving(model, scope) if path not in e.unsupported]
+    def _candidates(self, model: str, scope: set[str] | None, call: Call) -> list[NodeEntry]:
+        """Nodes serving ``model`` whose backend relays the call's route: as they declare it,
+        and not refused by them for this path before."""
+        route = ROUTE_NAMES.get(call.route, "")
+        return [
+            e
+            for e in self._registry.serving(model, scope)
+            if route in e.routes and call.path not in e.unsupported
+        ]
 
     def _targets(self, call: Call) -> tuple[str | None, str, set[str] | None]:
         namespace, model = self.resolve(call.model_ref)
@@ -204,7 +212,7 @@ class Dispatcher:
         refusal: HTTPError | None = None  # the last node's "cannot serve this" answer
         admission = self.admission
         while True:
-            candidates = self._candidates(model, scope, call.path)
+            candidates = self._candidates(model, scope, call)
             if refusal is not None and all(e.peer_id in tried for e in candidates):
                 raise refusal  # every node was asked and none can serve it
             if not candidates and self._registry.serving(model, scope):
@@ -213,7 +221,7 @@ class Dispatcher:
                 entry = await admission.acquire(
                     call.caller,
                     call.model_ref,
-                    lambda: self._candidates(model, scope, call.path),
+                    lambda: self._candidates(model, scope, call),
                     tried,
                     priority=call.priority,
                     deadline=min(deadline, time.monotonic() + admission.timeout),
@@ -262,8 +270,11 @@ class Dispatcher:
                 admission.release(entry)
                 raise
             opened = Opened(ex, entry, entry.namespace, model, call.path)
-            entry.observe_ttft((time.monotonic() - sent) * 1000)
-            if ex.head.status != 200:
+            if ex.head.status == 200:
+                # Only answers that start work: a "busy" or a refusal comes back at once and
+                # would make a full node look like the fastest.
+                entry.observe_ttft((time.monotonic() - sent) * 1000)
+            else:
                 retry = await self._refused(opened)
                 if retry == "busy":
                     tried.discard(entry.peer_id)  # busy is not failed: it may have room later

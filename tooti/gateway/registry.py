@@ -15,6 +15,7 @@ from typing import Any
 
 from tooti.wire import pb
 
+DEFAULT_ROUTES = frozenset({"chat", "completions", "embeddings"})  # what every adapter serves
 _MAX_REMEMBERED = 10_000  # (namespace, model) pairs kept for "known but unavailable"
 
 
@@ -43,6 +44,8 @@ class NodeEntry:
     # Paths the node answered 501 unsupported_route for (its backend lacks them): learned
     # from its answers, reset when it rejoins.
     unsupported: set[str] = dataclasses.field(default_factory=set)
+    #: routes the node declares its backend relays (see Announcement.routes)
+    routes: frozenset[str] = DEFAULT_ROUTES
 
     # What this gateway measured itself: time from sending a request to the node's answer
     # starting (EMA, ms; 0 until measured). Routing prefers it to the node's own claim.
@@ -94,6 +97,7 @@ class Registry:
             seq=ann.seq,
             last_seen=now,
             last_heartbeat_ms=ann.timestamp_ms,
+            routes=frozenset(r for r in ann.routes[:16] if len(r) <= 32) or DEFAULT_ROUTES,
         )
         for m in fields["models"]:
             self._offered[(ann.namespace, m)] = now

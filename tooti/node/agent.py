@@ -123,6 +123,7 @@ class NodeAgent:
             seq=self._seq,
             timestamp_ms=int(time.time() * 1000),
             name=self.name,
+            routes=sorted(self.backend.routes),
         )
 
     # -- running ----------------------------------------------------------------------------

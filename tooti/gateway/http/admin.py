@@ -77,34 +77,38 @@ def create_admin(gw: Gateway, accounts: Accounts | None) -> QuartTrio:
                 body["status"] = "degraded"
         return _json(body)
 
-    def _models(scope: set[str] | None) -> list[tuple[str, str]]:
-        entries = visible(gw.registry.live(), scope)
-        out: dict[str, str] = {}
-        for e in entries:
+    def _models(scope: set[str] | None) -> list[dict[str, Any]]:
+        """Model objects for ``scope``, each with the routes some node serving it relays
+        (``routes``: chat, completions, embeddings, responses, passthrough)."""
+        now = int(time.time())
+        out: dict[str, dict[str, Any]] = {}
+        for e in visible(gw.registry.live(), scope):
             if not e.healthy:
                 continue
             for m in e.models:
+                ids = [f"{e.namespace}:{m}"] if e.namespace else []
                 if not e.namespace or scope is None:
-                    out.setdefault(m, e.namespace or "tooti")
-                if e.namespace:
-                    out[f"{e.namespace}:{m}"] = e.namespace
-        return sorted(out.items())
+                    ids.append(m)
+                for mid in ids:
+                    owner = e.namespace if mid != m else (e.namespace or "tooti")
+                    doc = out.setdefault(
+                        mid,
+                        {"id": mid, "object": "model", "created": now, "owned_by": owner, "routes": set()},
+                    )
+                    doc["routes"] |= e.routes
+        return [{**doc, "routes": sorted(doc["routes"])} for _, doc in sorted(out.items())]
 
     @app.get("/v1/models")
     async def list_models() -> Response:
         _, scope = await _scope()
-        now = int(time.time())
-        data = [
-            {"id": mid, "object": "model", "created": now, "owned_by": owner} for mid, owner in _models(scope)
-        ]
-        return _json({"object": "list", "data": data})
+        return _json({"object": "list", "data": _models(scope)})
 
     @app.get("/v1/models/<path:model_id>")
     async def get_model(model_id: str) -> Response:
         _, scope = await _scope()
-        for mid, owner in _models(scope):
-            if mid == model_id:
-                return _json({"id": mid, "object": "model", "created": int(time.time()), "owned_by": owner})
+        for doc in _models(scope):
+            if doc["id"] == model_id:
+                return _json(doc)
         raise HTTPError(404, f"The model '{model_id}' does not exist", code="model_not_found", param="model")
 
     @app.get("/v1/network/nodes")
@@ -128,7 +132,8 @@ def create_admin(gw: Gateway, accounts: Accounts | None) -> QuartTrio:
                 "live": now - e.last_seen <= gw.registry.ttl,
                 "failures": e.failures,
                 "version": e.version,
-                # routes its backend refused with 501 (learned from its answers)
+                "routes": sorted(e.routes),  # as the node declares them
+                # paths its backend refused with 501 anyway (learned from its answers)
                 "unsupported_routes": sorted(e.unsupported),
             }
             for e in visible(list(gw.registry.all()), scope)

@@ -59,42 +59,37 @@ async def read(receive: Receive, limit: int, *, seconds: float = BODY_TIMEOUT) -
 
 
 def parse_object(raw: bytes) -> dict[str, Any]:
-    """The body as a JSON object; 400 ``invalid_json`` otherwise (also for nesting deeper
-    than MAX_DEPTH, checked on the bytes before decoding)."""
-    if _too_deep(raw):
-        raise HTTPError(400, f"request body nests deeper than {MAX_DEPTH} levels", code="invalid_json")
+    """The body as a JSON object; 400 ``invalid_json`` otherwise, also for nesting deeper than
+    MAX_DEPTH (the node re-encodes the body, and Python's encoder recurses)."""
     try:
         body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError, RecursionError):
+    except RecursionError:  # deeper than the interpreter's limit: the C decoder refuses
+        raise _too_deep_error() from None
+    except (ValueError, UnicodeDecodeError):
         raise HTTPError(400, "request body is not valid JSON", code="invalid_json") from None
     if not isinstance(body, dict):
         raise HTTPError(400, "request body must be a JSON object", code="invalid_json")
+    # Cheap pre-check on the bytes; the walk costs one step per container, not per byte.
+    if raw.count(b"[") + raw.count(b"{") > MAX_DEPTH and _deeper_than(body, MAX_DEPTH):
+        raise _too_deep_error()
     return body
 
 
-def _too_deep(raw: bytes) -> bool:
-    """Whether brackets outside strings nest deeper than MAX_DEPTH. A cheap pre-check: only
-    bodies with many brackets are scanned byte by byte."""
-    if raw.count(b"[") + raw.count(b"{") <= MAX_DEPTH:
-        return False
-    depth = 0
-    in_string = escaped = False
-    for byte in raw:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif byte == 0x5C:  # backslash
-                escaped = True
-            elif byte == 0x22:
-                in_string = False
-        elif byte == 0x22:
-            in_string = True
-        elif byte in (0x5B, 0x7B):
-            depth += 1
-            if depth > MAX_DEPTH:
-                return True
-        elif byte in (0x5D, 0x7D):
-            depth -= 1
+def _too_deep_error() -> HTTPError:
+    return HTTPError(400, f"request body nests deeper than {MAX_DEPTH} levels", code="invalid_json")
+
+
+def _deeper_than(obj: Any, limit: int) -> bool:
+    """Whether containers nest deeper than ``limit`` (iterative: no recursion to exhaust)."""
+    stack: list[tuple[Any, int]] = [(obj, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > limit:
+            return True
+        if isinstance(value, dict):
+            stack.extend((v, depth + 1) for v in value.values() if isinstance(v, dict | list))
+        elif isinstance(value, list):
+            stack.extend((v, depth + 1) for v in value if isinstance(v, dict | list))
     return False
 
 

@@ -137,7 +137,7 @@ class ModelInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., capacity: _Optional[int] = ...) -> None: ...
 
 class Announcement(_message.Message):
-    __slots__ = ("peer_id", "namespace", "models", "capacity", "in_flight", "queue_depth", "ttft_ms_ema", "decode_tps_ema", "backend_healthy", "version", "seq", "timestamp_ms", "name")
+    __slots__ = ("peer_id", "namespace", "models", "capacity", "in_flight", "queue_depth", "ttft_ms_ema", "decode_tps_ema", "backend_healthy", "version", "seq", "timestamp_ms", "name", "routes")
     PEER_ID_FIELD_NUMBER: _ClassVar[int]
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     MODELS_FIELD_NUMBER: _ClassVar[int]
@@ -151,6 +151,7 @@ class Announcement(_message.Message):
     SEQ_FIELD_NUMBER: _ClassVar[int]
     TIMESTAMP_MS_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
+    ROUTES_FIELD_NUMBER: _ClassVar[int]
     peer_id: bytes
     namespace: str
     models: _containers.RepeatedCompositeFieldContainer[ModelInfo]
@@ -164,7 +165,8 @@ class Announcement(_message.Message):
     seq: int
     timestamp_ms: int
     name: str
-    def __init__(self, peer_id: _Optional[bytes] = ..., namespace: _Optional[str] = ..., models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ..., capacity: _Optional[int] = ..., in_flight: _Optional[int] = ..., queue_depth: _Optional[int] = ..., ttft_ms_ema: _Optional[float] = ..., decode_tps_ema: _Optional[float] = ..., backend_healthy: _Optional[bool] = ..., version: _Optional[str] = ..., seq: _Optional[int] = ..., timestamp_ms: _Optional[int] = ..., name: _Optional[str] = ...) -> None: ...
+    routes: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, peer_id: _Optional[bytes] = ..., namespace: _Optional[str] = ..., models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ..., capacity: _Optional[int] = ..., in_flight: _Optional[int] = ..., queue_depth: _Optional[int] = ..., ttft_ms_ema: _Optional[float] = ..., decode_tps_ema: _Optional[float] = ..., backend_healthy: _Optional[bool] = ..., version: _Optional[str] = ..., seq: _Optional[int] = ..., timestamp_ms: _Optional[int] = ..., name: _Optional[str] = ..., routes: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class GatewayCertificate(_message.Message):
     __slots__ = ("network_key", "gateway_peer_id", "not_before_ms", "not_after_ms", "serial")
