@@ -157,6 +157,98 @@ def test_example_configs_pass(name: str, monkeypatch: pytest.MonkeyPatch) -> Non
     assert kind == ("gateway" if name.startswith("gateway") else "node")
 
 
+def _env_vars(path: Path) -> list[str]:
+    """The ${VAR} references in a file's values (comments mention ${VAR} as prose)."""
+    values = "\n".join(line.split("#")[0] for line in path.read_text().splitlines())
+    return list(dict.fromkeys(re.findall(r"\$\{(\w+)\}", values)))
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.glob("*.yaml")))
+def test_example_configs_pass_config_check_without_environment(name: str) -> None:
+    # What a CI job runs: no production secrets in its environment.
+    path = CONFIGS / name
+    env = {k: v for k, v in os.environ.items() if k not in _env_vars(path)}
+    done = _cli("-file", str(path), env_replace=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "OK" in done.stdout
+    for var in _env_vars(path):
+        assert f"environment variable {var} is not set" in done.stdout
+
+
+def test_require_env_names_file_line_and_key() -> None:
+    path = CONFIGS / "node.yaml"
+    env = {k: v for k, v in os.environ.items() if k not in _env_vars(path)}
+    done = _cli("-file", str(path), "--require-env", env_replace=env)
+    assert done.returncode == 1, done.stdout
+    lines = path.read_text().splitlines()
+    secret_line = next(i for i, t in enumerate(lines, 1) if "TOOTI_NAMESPACE_SECRET" in t)
+    key_line = next(i for i, t in enumerate(lines, 1) if "${BACKEND_API_KEY}" in t)
+    out = done.stdout.splitlines()
+    assert (
+        f"{path}:{secret_line}: node.namespace_secret: environment variable TOOTI_NAMESPACE_SECRET is not set"
+        in out
+    )
+    assert f"{path}:{key_line}: backend.api_key: environment variable BACKEND_API_KEY is not set" in out
+    # JSON output carries the same, as problems.
+    done = _cli("-file", str(path), "--require-env", "--json", env_replace=env)
+    report = json.loads(done.stdout)
+    assert report["valid"] is False and report["warnings"] == []
+    assert {(p["line"], p["key"]) for p in report["problems"]} == {
+        (secret_line, "node.namespace_secret"),
+        (key_line, "backend.api_key"),
+    }
+
+
+def test_unset_env_is_a_warning_by_default_and_an_error_at_load() -> None:
+    path = DATA / "bad_env_unset.yaml"
+    out = io.StringIO()
+    assert run_check(str(path), as_json=True, out=out) == 0
+    report = json.loads(out.getvalue())
+    assert report["valid"] is True and report["problems"] == []
+    assert [(w["line"], w["key"]) for w in report["warnings"]] == [(4, "node.namespace_secret")]
+    assert run_check(str(path), as_json=False, require_env=True, out=io.StringIO()) == 1
+    with pytest.raises(ConfigError, match="TOOTI_TEST_SURELY_UNSET is not set"):
+        load_node_config(path)
+
+
+def test_warning_does_not_hide_a_real_problem(tmp_path: Path) -> None:
+    path = write(tmp_path, node_yaml("  namespace_secret: ${TOOTI_TEST_SURELY_UNSET}\n  bogus: 1\n"))
+    out = io.StringIO()
+    assert run_check(str(path), as_json=False, out=out) == 1
+    text = out.getvalue()
+    assert "unknown key 'bogus'" in text and "warning: " in text
+
+
+def test_node_start_refuses_without_its_environment(tmp_path: Path) -> None:
+    path = CONFIGS / "node.yaml"
+    env = {k: v for k, v in os.environ.items() if k not in _env_vars(path)}
+    done = subprocess.run(
+        [sys.executable, "-m", "tooti", "node", "start", "-file", str(path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**env, "PYTHONPATH": str(ROOT)},
+    )
+    assert done.returncode == 1
+    assert "environment variable TOOTI_NAMESPACE_SECRET is not set" in done.stderr
+
+
+def test_gateway_start_refuses_without_its_environment() -> None:
+    path = CONFIGS / "gateway.yaml"
+    env = {k: v for k, v in os.environ.items() if k not in {*_env_vars(path), "TOOTI_DATABASE_URL"}}
+    done = subprocess.run(
+        [sys.executable, "-m", "tooti", "gateway", "start", "-file", str(path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**env, "PYTHONPATH": str(ROOT)},
+    )
+    assert done.returncode == 1
+    assert "environment variable TOOTI_DB_PASSWORD is not set" in done.stderr
+
+
 def test_example_configs_exist() -> None:
     assert {p.name for p in CONFIGS.glob("*.yaml")} >= {"node.yaml", "gateway.yaml", "node-ollama.yaml"}
 
@@ -400,6 +492,7 @@ def test_run_check_json_shape() -> None:
                 "message": "must be between 1 and 10, got 11",
             }
         ],
+        "warnings": [],
     }
     out = io.StringIO()
     assert run_check(str(DATA / "good_gateway_minimal.yaml"), as_json=True, out=out) == 0
@@ -438,14 +531,17 @@ def test_secret_values_never_printed(tmp_path: Path, monkeypatch: pytest.MonkeyP
 # The CLI, end to end
 
 
-def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def _cli(
+    *args: str, env: dict[str, str] | None = None, env_replace: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    base = os.environ if env_replace is None else env_replace
     return subprocess.run(
         [sys.executable, "-m", "tooti", "config-check", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=120,
-        env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
+        env={**base, "PYTHONPATH": str(ROOT), **(env or {})},
     )
 
 

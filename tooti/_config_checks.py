@@ -60,16 +60,22 @@ def _expand_env(ctx: _yp.Ctx, node: yaml.Node, path: str, raw: str) -> Any:
     """Replace ``${NAME}`` references in ``raw`` with environment values.
 
     Messages name the variable, never a value, because the result is a secret.
+    An unset variable is a problem when ``ctx.require_env`` (loading for
+    start-up), else a warning, and the reference is kept unexpanded.
     """
     before = len(ctx.problems)
     for name in dict.fromkeys(_ENV_REF_RE.findall(raw)):
-        if name not in os.environ:
+        if name in os.environ:
+            continue
+        if ctx.require_env:
             ctx.report(node, path, f"environment variable {name} is not set")
+        else:
+            ctx.warn(node, path, f"environment variable {name} is not set (it must be set at start-up)")
     if "${" in _ENV_REF_RE.sub("", raw):
         ctx.report(node, path, "malformed ${...} reference; write ${NAME} using letters, digits and '_'")
     if len(ctx.problems) > before:
         return _yp.INVALID
-    return _ENV_REF_RE.sub(lambda m: os.environ[m.group(1)], raw)
+    return _ENV_REF_RE.sub(lambda m: os.environ.get(m.group(1), m.group(0)), raw)
 
 
 def _secret(ctx: _yp.Ctx, node: yaml.Node, path: str) -> Any:

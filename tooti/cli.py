@@ -30,6 +30,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_file(p, required=True)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--kind", choices=["node", "gateway"], help="file kind (default: detected)")
+    p.add_argument(
+        "--require-env",
+        action="store_true",
+        help="unset ${VAR} references are errors, as at start-up (default: warnings)",
+    )
     p.set_defaults(func=_cmd_config_check)
 
     node = sub.add_parser("node", help="run a node agent").add_subparsers(dest="action", required=True)
@@ -86,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _cmd_config_check(args: argparse.Namespace) -> int:
     from tooti.config import run_check
 
-    return run_check(args.file, as_json=args.json, kind=args.kind)
+    return run_check(args.file, as_json=args.json, kind=args.kind, require_env=args.require_env)
 
 
 def _load(kind: str, path: str | None):  # type: ignore[no-untyped-def]

@@ -12,7 +12,8 @@ reference environment variables as ``${NAME}``, as the whole value or inside
 it.  Expanded secret values never appear in any message or ``repr``.
 
 Public entry points: :func:`load_node_config`, :func:`load_gateway_config`,
-:func:`check_file` and :func:`run_check` (the ``config-check`` command).
+:func:`check_file`, :func:`check_file_offline` and :func:`run_check` (the
+``config-check`` command).
 """
 
 from __future__ import annotations
@@ -45,12 +46,13 @@ from tooti._config_checks import (
     _split_host_port,
     _timeouts_post,
 )
-from tooti._config_file import ConfigKind, _check_document
+from tooti._config_file import CheckResult, ConfigKind, _check_document
 from tooti._yaml_positions import Problem
 
 __all__ = [
     "DATABASE_URL_ENV",
     "BackendSection",
+    "CheckResult",
     "ConfigError",
     "ConfigKind",
     "DatabaseSection",
@@ -68,6 +70,7 @@ __all__ = [
     "RoutingSection",
     "TimeoutsSection",
     "check_file",
+    "check_file_offline",
     "load_gateway_config",
     "load_node_config",
     "run_check",
@@ -389,11 +392,9 @@ _SCHEMAS: dict[str, _yp.Section] = {"node": _NODE_SCHEMA, "gateway": _GATEWAY_SC
 # Whole-file checking
 
 
-def _check(
-    path: str | os.PathLike[str], kind: ConfigKind | None
-) -> tuple[ConfigKind | None, list[Problem], Any]:
-    """Check a file; return ``(kind, problems, config or None)``.  OSError propagates."""
-    return _check_document(path, kind, _SCHEMAS)
+def _check(path: str | os.PathLike[str], kind: ConfigKind | None, *, require_env: bool = True) -> CheckResult:
+    """Check a file against its schema.  OSError propagates."""
+    return _check_document(path, kind, _SCHEMAS, require_env=require_env)
 
 
 def check_file(
@@ -401,13 +402,23 @@ def check_file(
 ) -> tuple[ConfigKind | None, list[Problem]]:
     """Check a config file and return ``(kind, problems)``; no problems means valid.
 
-    ``kind`` is detected from the top-level section (``node:`` or ``gateway:``,
-    falling back to kind-specific sections such as ``backend:`` or
-    ``database:``) unless given; the returned kind is ``None`` when it could
+    The check is the one start-up makes: an unset ``${NAME}`` variable is a
+    problem.  ``kind`` is detected from the top-level section (``node:`` or
+    ``gateway:``, falling back to kind-specific sections such as ``backend:``
+    or ``database:``) unless given; the returned kind is ``None`` when it could
     not be told.  Raises OSError if the file cannot be read.
     """
-    detected, problems, _ = _check(path, kind)
-    return detected, problems
+    result = _check(path, kind)
+    return result.kind, result.problems
+
+
+def check_file_offline(path: str | os.PathLike[str], kind: ConfigKind | None = None) -> CheckResult:
+    """Check a config file without the deployment's environment (what CI does).
+
+    Like :func:`check_file`, except that unset ``${NAME}`` variables land in
+    ``result.warnings`` instead of ``result.problems``.
+    """
+    return _check(path, kind, require_env=False)
 
 
 def load_node_config(path: str | os.PathLike[str]) -> NodeConfig:
@@ -416,11 +427,11 @@ def load_node_config(path: str | os.PathLike[str]) -> NodeConfig:
     Relative paths in the file resolve against the file's directory.  Raises
     :class:`ConfigError` listing every problem, or OSError if unreadable.
     """
-    _, problems, config = _check(path, "node")
-    if problems:
-        raise ConfigError(problems)
-    assert isinstance(config, NodeConfig)
-    return config
+    result = _check(path, "node")
+    if result.problems:
+        raise ConfigError(result.problems)
+    assert isinstance(result.config, NodeConfig)
+    return result.config
 
 
 def load_gateway_config(path: str | os.PathLike[str]) -> GatewayConfig:
@@ -433,11 +444,11 @@ def load_gateway_config(path: str | os.PathLike[str]) -> GatewayConfig:
     ``postgresql://``.  Raises :class:`ConfigError` listing every problem, or
     OSError if unreadable.
     """
-    _, problems, config = _check(path, "gateway")
-    if problems:
-        raise ConfigError(problems)
-    assert isinstance(config, GatewayConfig)
-    return config
+    result = _check(path, "gateway")
+    if result.problems:
+        raise ConfigError(result.problems)
+    assert isinstance(result.config, GatewayConfig)
+    return result.config
 
 
 def run_check(
@@ -446,16 +457,19 @@ def run_check(
     as_json: bool,
     kind: ConfigKind | None = None,
     out: TextIO | None = None,
+    require_env: bool = False,
 ) -> int:
     """Check ``path`` and print a report to ``out`` (default: ``sys.stdout``).
 
-    Returns 0 if valid, 1 if invalid, 2 if the file cannot be read.  With
-    ``as_json`` prints ``{"file", "kind", "valid", "problems": [...]}``; for
-    an unreadable file an ``"error"`` string is added.
+    Returns 0 if valid, 1 if invalid, 2 if the file cannot be read.  Unset
+    ``${NAME}`` variables are warnings (printed, exit 0) unless
+    ``require_env``, which makes them problems as at start-up.  With
+    ``as_json`` prints ``{"file", "kind", "valid", "problems": [...],
+    "warnings": [...]}``; for an unreadable file an ``"error"`` string is added.
     """
     out = sys.stdout if out is None else out  # looked up late so capture works
     try:
-        detected, problems = check_file(path, kind)
+        result = _check(path, kind, require_env=require_env)
     except OSError as exc:
         error = f"cannot read config file: {exc.strerror or exc}"
         if as_json:
@@ -464,25 +478,35 @@ def run_check(
                 "kind": kind,
                 "valid": False,
                 "problems": [],
+                "warnings": [],
                 "error": error,
             }
             print(json.dumps(report, indent=2), file=out)
         else:
             print(f"{path}: {error}", file=out)
         return 2
+    problems, warnings = result.problems, result.warnings
     if as_json:
         report = {
             "file": path,
-            "kind": detected,
+            "kind": result.kind,
             "valid": not problems,
             "problems": [p.to_dict() for p in problems],
+            "warnings": [w.to_dict() for w in warnings],
         }
         print(json.dumps(report, indent=2), file=out)
-    elif problems:
-        for problem in problems:
-            print(problem, file=out)
+        return 1 if problems else 0
+    for problem in problems:
+        print(problem, file=out)
+    for warning in warnings:
+        print(f"warning: {warning}", file=out)
+    if problems:
         noun = "problem" if len(problems) == 1 else "problems"
         print(f"{path}: {len(problems)} {noun}", file=out)
-    else:
-        print(f"{path}: OK ({detected} config)", file=out)
-    return 1 if problems else 0
+        return 1
+    suffix = ""
+    if warnings:
+        noun = "warning" if len(warnings) == 1 else "warnings"
+        suffix = f", {len(warnings)} {noun} (use --require-env to make them errors)"
+    print(f"{path}: OK ({result.kind} config){suffix}", file=out)
+    return 0
