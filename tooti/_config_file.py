@@ -23,7 +23,7 @@ ConfigKind = Literal["node", "gateway"]
 # Sections only one kind of file has; used to guess the kind when neither a
 # `node:` nor a `gateway:` section is present.
 _NODE_ONLY = {"node", "backend", "models", "heartbeat"}
-_GATEWAY_ONLY = {"gateway", "database", "registry", "routing"}
+_GATEWAY_ONLY = {"gateway", "database", "registry", "routing", "admin"}
 
 
 def _detect_kind(keys: set[str]) -> ConfigKind | None:

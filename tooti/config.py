@@ -51,18 +51,21 @@ from tooti._yaml_positions import Problem
 
 __all__ = [
     "DATABASE_URL_ENV",
+    "AdminSection",
     "BackendSection",
     "CheckResult",
     "ConfigError",
     "ConfigKind",
     "DatabaseSection",
     "GatewayConfig",
+    "GatewayMetricsSection",
     "GatewayNetwork",
     "GatewaySection",
     "GatewayTimeouts",
     "HeartbeatSection",
     "ModelsSection",
     "NodeConfig",
+    "NodeMetricsSection",
     "NodeNetwork",
     "NodeSection",
     "Problem",
@@ -147,6 +150,13 @@ class TimeoutsSection:
 
 
 @dataclass(frozen=True)
+class NodeMetricsSection:
+    """The node's ``metrics:`` section: where to serve Prometheus ``/metrics`` (None: nowhere)."""
+
+    listen: str | None = None
+
+
+@dataclass(frozen=True)
 class NodeConfig:
     """A loaded node config; ``path`` is the absolute file path, or None."""
 
@@ -157,6 +167,7 @@ class NodeConfig:
     models: ModelsSection = field(default_factory=ModelsSection)
     heartbeat: HeartbeatSection = field(default_factory=HeartbeatSection)
     timeouts: TimeoutsSection = field(default_factory=TimeoutsSection)
+    metrics: NodeMetricsSection = field(default_factory=NodeMetricsSection)
 
 
 @dataclass(frozen=True)
@@ -219,6 +230,25 @@ class GatewayTimeouts:
 
 
 @dataclass(frozen=True)
+class GatewayMetricsSection:
+    """The gateway's ``metrics:`` section.
+
+    ``auth`` decides who may read ``/metrics`` and the dashboard's data in keys mode:
+    ``admin`` (an API key listed in ``admin.key_prefixes``) or ``open`` (anyone who can
+    reach the HTTP port, as Prometheus scrapers usually expect on a private network).
+    """
+
+    auth: Literal["admin", "open"] = "admin"
+
+
+@dataclass(frozen=True)
+class AdminSection:
+    """The ``admin:`` section: which API keys (by prefix) are operators' keys."""
+
+    key_prefixes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     """A loaded gateway config; ``GatewayConfig()`` is a valid all-default config."""
 
@@ -229,6 +259,8 @@ class GatewayConfig:
     registry: RegistrySection = field(default_factory=RegistrySection)
     routing: RoutingSection = field(default_factory=RoutingSection)
     timeouts: GatewayTimeouts = field(default_factory=GatewayTimeouts)
+    metrics: GatewayMetricsSection = field(default_factory=GatewayMetricsSection)
+    admin: AdminSection = field(default_factory=AdminSection)
 
 
 # --------------------------------------------------------------------------
@@ -332,6 +364,7 @@ _NODE_SCHEMA = _yp.Section(
                 post=_timeouts_post,
             )
         ),
+        "metrics": _yp.Field(section=_yp.Section(NodeMetricsSection, {"listen": _yp.Field(_host_port)})),
     },
 )
 
@@ -380,6 +413,12 @@ _GATEWAY_SCHEMA = _yp.Section(
                 },
                 post=_timeouts_post,
             )
+        ),
+        "metrics": _yp.Field(
+            section=_yp.Section(GatewayMetricsSection, {"auth": _yp.Field(_yp.one_of("admin", "open"))})
+        ),
+        "admin": _yp.Field(
+            section=_yp.Section(AdminSection, {"key_prefixes": _yp.Field(_yp.list_of(_yp.nonempty_string))})
         ),
     },
     post=_gateway_post,

@@ -24,8 +24,11 @@ from werkzeug.exceptions import HTTPException
 
 from tooti.wire import pb
 
+from . import admin_http
+from .admin_http import AdminAccess
 from .core import Gateway
 from .errors import HTTPError, error_body, sse_error_event
+from .metrics import StreamTimer
 from .registry import NodeEntry
 from .relay import Exchange, NodeFailure
 
@@ -59,7 +62,9 @@ class Accounts(Protocol):
     async def usage(self, key: Any, since: datetime | None) -> list[dict[str, Any]]: ...
 
 
-def create_app(gw: Gateway, *, max_body_bytes: int, accounts: Accounts | None = None) -> QuartTrio:
+def create_app(
+    gw: Gateway, *, max_body_bytes: int, accounts: Accounts | None = None, admin: AdminAccess | None = None
+) -> QuartTrio:
     app = QuartTrio("tooti.gateway")
     app.config["MAX_CONTENT_LENGTH"] = max_body_bytes
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = True
@@ -238,6 +243,7 @@ def create_app(gw: Gateway, *, max_body_bytes: int, accounts: Accounts | None = 
     async def embeddings() -> Response:
         return await infer("embeddings")
 
+    admin_http.install(app, gw, accounts, admin or AdminAccess())
     return app
 
 
@@ -268,10 +274,18 @@ async def _auth(accounts: Accounts | None) -> Any:
     return await accounts.authenticate(request.headers.get("Authorization"), request.headers.get("x-api-key"))
 
 
-def _record(accounts: Accounts | None, meta: _Meta, end: pb.ResponseEnd | None, status: int) -> None:
+def _record(
+    gw: Gateway,
+    accounts: Accounts | None,
+    meta: _Meta,
+    end: pb.ResponseEnd | None,
+    status: int,
+    timer: StreamTimer | None = None,
+) -> None:
+    usage = end.usage if end is not None and end.HasField("usage") else None
+    admin_http.request_done(gw, meta, usage, status, timer)
     if accounts is None:
         return
-    usage = end.usage if end is not None and end.HasField("usage") else None
     accounts.record(
         request_id=meta.request_id,
         key=meta.key,
@@ -295,6 +309,7 @@ async def _whole(
             chunks.append(block)
         ok = True
     except NodeFailure as exc:
+        gw.dispatcher.metrics.node_failure("mid_answer")
         log.warning("request %s: node %s failed mid-answer: %s", meta.request_id, entry.peer_id, exc)
         raise _Retryable from None
     except trio.TooSlowError:
@@ -303,9 +318,9 @@ async def _whole(
         await gw.dispatcher.finish(ex, entry, ok=ok)
     end = ex.end
     if end is not None and end.HasField("error"):
-        _record(accounts, meta, end, end.error.status or 502)
+        _record(gw, accounts, meta, end, end.error.status or 502)
         raise HTTPError(end.error.status or 502, end.error.message, code=end.error.code or None)
-    _record(accounts, meta, end, ex.head.status)
+    _record(gw, accounts, meta, end, ex.head.status)
     return Response(
         b"".join(chunks), status=ex.head.status, content_type=ex.head.content_type or "application/json"
     )
@@ -322,13 +337,16 @@ async def _relay_stream(
     """
     ok = False
     status = 200
+    timer = gw.dispatcher.metrics.stream_timer(meta.started)
     try:
         try:
             async for block in ex.data():
+                timer.tick()
                 yield block
             ok = True
         except NodeFailure as exc:
             status = 502
+            gw.dispatcher.metrics.node_failure("mid_stream")
             log.warning("request %s: node %s failed mid-stream: %s", meta.request_id, entry.peer_id, exc)
             yield sse_error_event(502, "the node serving this request failed mid-stream", "node_failure")
         except trio.TooSlowError:
@@ -343,7 +361,7 @@ async def _relay_stream(
     finally:
         with trio.CancelScope(shield=True):
             await gw.dispatcher.finish(ex, entry, ok=ok)
-        _record(accounts, meta, ex.end, status if ex.end is not None or status != 200 else 499)
+        _record(gw, accounts, meta, ex.end, status if ex.end is not None or status != 200 else 499, timer)
 
 
 def _json(obj: Any, status: int = 200) -> Response:

@@ -16,6 +16,7 @@ import trio
 from tooti.wire import pb
 
 from .errors import HTTPError
+from .metrics import GatewayMetrics
 from .registry import NodeEntry, Registry
 from .relay import Exchange, NodeFailure, StreamPool, start_exchange
 from .router import choose, record_failure, record_success
@@ -40,6 +41,7 @@ class Dispatcher:
         self.first_token_timeout = first_token_timeout
         self.total_timeout = total_timeout
         self._known_namespaces = known_namespaces
+        self.metrics = GatewayMetrics(registry)
 
     def resolve(self, model_ref: str) -> tuple[str | None, str]:
         """Split ``namespace:model``, treating the prefix as a namespace only when it is one
@@ -95,6 +97,8 @@ class Dispatcher:
             if entry is None:
                 break
             attempts += 1
+            if tried:
+                self.metrics.retried()
             tried.add(entry.peer_id)
             entry.local_in_flight += 1
             try:
@@ -108,6 +112,7 @@ class Dispatcher:
             except NodeFailure as exc:
                 entry.local_in_flight -= 1
                 record_failure(entry)
+                self.metrics.node_failure("before_head")
                 log.warning(
                     "request %s: node %s failed before its first byte (%s); trying another",
                     request.request_id,
@@ -118,6 +123,7 @@ class Dispatcher:
             except trio.TooSlowError:
                 entry.local_in_flight -= 1
                 record_failure(entry)
+                self.metrics.node_failure("timeout")
                 raise HTTPError(504, "the node did not answer in time", code="timeout") from None
             except BaseException:
                 entry.local_in_flight -= 1
@@ -126,10 +132,13 @@ class Dispatcher:
                 entry.local_in_flight -= 1
                 error = await _error_answer(ex)
                 if error.code in ("busy", "model_not_found"):
+                    self.metrics.node_failure(error.code)
                     # Refused before doing any work: safe to try another node.
                     busy += error.code == "busy"
                     continue
                 raise error
+            if len(tried) > 1:
+                self.metrics.failed_over()
             return ex, entry, entry.namespace, model
         if busy or not attempts:
             raise HTTPError(

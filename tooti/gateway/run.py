@@ -18,6 +18,7 @@ from tooti.p2p.discovery import Discovery
 from tooti.p2p.host import build_host, dialable, guarded
 from tooti.p2p.identity import load_or_create
 
+from .admin_http import AdminAccess
 from .app import Accounts, create_app
 from .core import Gateway, NamespaceCheck
 
@@ -62,7 +63,9 @@ async def run_gateway(
     discovery = Discovery(host, role="gateway", heartbeat_rate_limit=1000.0)
     discovery.on_heartbeat(gw.on_gossip_heartbeat)
     discovery.on_gateway(gw.on_gossip_gateway)
-    app = create_app(gw, max_body_bytes=cfg.gateway.max_body_bytes, accounts=accounts)
+    app = create_app(
+        gw, max_body_bytes=cfg.gateway.max_body_bytes, accounts=accounts, admin=AdminAccess.from_config(cfg)
+    )
     hc = HypercornConfig()
     hc.bind = [cfg.gateway.http_listen]
     hc.accesslog = None

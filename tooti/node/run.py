@@ -21,6 +21,7 @@ from tooti.p2p.identity import load_or_create
 
 from .agent import NodeAgent
 from .backends import make_backend
+from .metrics import node_registry, serve_metrics
 from .service import InferenceService
 from .stats import NodeStats
 
@@ -91,6 +92,11 @@ async def run_node(cfg: NodeConfig, *, task_status: TaskStatus[NodeAgent] = trio
             try:
                 async with trio.open_nursery() as nursery:
                     await nursery.start(discovery.run)
+                    if cfg.metrics.listen:
+                        urls = await nursery.start(
+                            serve_metrics, cfg.metrics.listen, node_registry(stats, agent)
+                        )
+                        log.info("metrics at %s/metrics", urls[0])
                     task_status.started(agent)
                     await agent.run()
             finally:

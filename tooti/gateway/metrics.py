@@ -1,0 +1,412 @@
+"""The gateway's Prometheus metrics: what the request path counts, and what is read at scrape.
+
+One :class:`GatewayMetrics` per gateway, with its own ``CollectorRegistry`` (never the
+process-wide default, so several gateways in one test process do not collide).
+
+Two kinds of figure:
+
+* Request figures (requests, latencies, tokens, retries, failures) are counted by the request
+  path through the small methods here. Their cost is kept flat: label children are cached in
+  plain dicts, and the per-token work of a stream is :meth:`StreamTimer.tick` (a clock read
+  and a bucket increment, no lock, no label lookup); its buckets merge into the histogram once
+  per request.
+* State figures (nodes, their load and speed, heartbeats, the database) are read from the
+  registry and the accounts at scrape time by :class:`_StateCollector`: nothing on the hot path.
+
+Label cardinality is bounded: ``model`` and ``namespace`` values come from what live nodes
+announce (anything else is ``other``) and at most ``MAX_LABEL_VALUES`` of each are ever used;
+per-node series cover at most ``MAX_NODE_SERIES`` nodes (the most recently heard from).
+"""
+
+from __future__ import annotations
+
+import time
+from bisect import bisect_left
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from tooti._sanitize import printable
+
+from ._usage_window import UsageWindow
+
+if TYPE_CHECKING:
+    from .registry import NodeEntry, Registry
+
+MAX_LABEL_VALUES = 200
+MAX_NODE_SERIES = 500
+OTHER = "other"
+
+# Buckets after vLLM's, trimmed: a gateway adds milliseconds, a backend adds seconds.
+TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+LATENCY_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+GAP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.5)
+
+NODE_FAILURE_KINDS = ("before_head", "timeout", "busy", "model_not_found", "mid_answer", "mid_stream")
+
+
+class StreamTimer:
+    """Times one streamed answer: first block, and the gaps between blocks.
+
+    A block may hold several tokens (the relay coalesces frames that are already buffered),
+    so a gap is "between deliveries", which is what a client experiences.
+    """
+
+    __slots__ = ("counts", "first", "last", "started", "total")
+
+    def __init__(self, started: float) -> None:
+        self.started = started
+        self.first = 0.0
+        self.last = 0.0
+        self.total = 0.0
+        self.counts = [0] * (len(GAP_BUCKETS) + 1)
+
+    def tick(self) -> None:
+        """Call once per block delivered to the client."""
+        now = time.perf_counter()
+        last = self.last
+        self.last = now
+        if last:
+            gap = now - last
+            self.counts[bisect_left(GAP_BUCKETS, gap)] += 1
+            self.total += gap
+        else:
+            self.first = now
+
+
+class _GapHistogram:
+    """Inter-token gaps per model, merged from finished streams; exported as a histogram."""
+
+    def __init__(self) -> None:
+        self.by_model: dict[str, tuple[list[int], list[float]]] = {}
+
+    def merge(self, model: str, timer: StreamTimer) -> None:
+        entry = self.by_model.get(model)
+        if entry is None:
+            entry = self.by_model[model] = ([0] * (len(GAP_BUCKETS) + 1), [0.0])
+        counts = entry[0]
+        for i, n in enumerate(timer.counts):
+            if n:
+                counts[i] += n
+        entry[1][0] += timer.total
+
+    def collect(self) -> Metric:
+        family = HistogramMetricFamily(
+            "tooti_gateway_inter_token_latency_seconds",
+            "Time between consecutive deliveries of a streamed answer to the client.",
+            labels=["model"],
+        )
+        for model, (counts, total) in sorted(self.by_model.items()):
+            cumulative, buckets = 0, []
+            for bound, n in zip((*GAP_BUCKETS, float("inf")), counts, strict=True):
+                cumulative += n
+                buckets.append((_bound(bound), float(cumulative)))
+            family.add_metric([model], buckets, total[0])
+        return family
+
+
+def _bound(value: float) -> str:
+    return "+Inf" if value == float("inf") else repr(value)
+
+
+class _Bounded:
+    """Maps untrusted label values onto at most ``limit`` distinct ones (else ``other``)."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._seen: set[str] = set()
+
+    def __call__(self, value: str, known: Callable[[str], bool]) -> str:
+        if value in self._seen:
+            return value
+        if len(self._seen) >= self._limit or not known(value):
+            return OTHER
+        self._seen.add(value)
+        return value
+
+
+class GatewayMetrics:
+    """Request metrics plus scrape-time state for one gateway's :class:`Registry`."""
+
+    def __init__(self, registry: Registry) -> None:
+        self.node_registry = registry
+        self.prometheus = CollectorRegistry(auto_describe=False)
+        r = self.prometheus
+        self._requests = Counter(
+            "tooti_gateway_requests",
+            "Inference requests answered, by route, model, namespace and HTTP status.",
+            ["route", "model", "namespace", "status"],
+            registry=r,
+        )
+        self._latency = Histogram(
+            "tooti_gateway_e2e_request_latency_seconds",
+            "Time from a request's arrival to the end of its answer (requests that reached a node).",
+            ["route", "model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self._ttft = Histogram(
+            "tooti_gateway_time_to_first_token_seconds",
+            "Time from a streamed request's arrival to its first block of tokens.",
+            ["model"],
+            buckets=TTFT_BUCKETS,
+            registry=r,
+        )
+        self._prompt = Counter(
+            "tooti_gateway_prompt_tokens", "Prompt tokens processed.", ["model", "namespace"], registry=r
+        )
+        self._generated = Counter(
+            "tooti_gateway_generation_tokens",
+            "Tokens generated.",
+            ["model", "namespace"],
+            registry=r,
+        )
+        self._retries = Counter(
+            "tooti_gateway_retries", "Attempts on another node after one failed or refused.", registry=r
+        )
+        self._failovers = Counter(
+            "tooti_gateway_failovers",
+            "Requests answered by a node other than the first one tried.",
+            registry=r,
+        )
+        failures = Counter(
+            "tooti_gateway_node_failures",
+            "Attempts a node failed or refused, by kind.",
+            ["kind"],
+            registry=r,
+        )
+        self._failures = {kind: failures.labels(kind) for kind in NODE_FAILURE_KINDS}
+        self._gaps = _GapHistogram()
+        self._models = _Bounded(MAX_LABEL_VALUES)
+        self._namespaces = _Bounded(MAX_LABEL_VALUES)
+        self._children: dict[tuple[str, ...], Any] = {}
+        self.usage = UsageWindow()
+        self._totals = [0, 0, 0, 0]  # requests, errors, prompt tokens, generated tokens
+        self.gateway: Any = None  # set by admin_http.install: heartbeat and refusal counters
+        self.accounts: Any = None  # set by admin_http.install: database health and pending rows
+        self.store_latency: Histogram | None = None
+        r.register(_StateCollector(self))
+        r.register(_GapCollector(self._gaps))
+
+    # ---- the request path ----------------------------------------------------------------
+
+    def stream_timer(self, started: float) -> StreamTimer:
+        """A timer for one streamed answer; ``started`` is the request's ``perf_counter``."""
+        return StreamTimer(started)
+
+    def request_done(
+        self,
+        *,
+        route: str,
+        model: str,
+        namespace: str,
+        entry: NodeEntry | None,
+        key_prefix: str,
+        status: int,
+        started: float,
+        prompt_tokens: int,
+        completion_tokens: int,
+        timer: StreamTimer | None = None,
+    ) -> None:
+        """Count a request a node answered (or failed): status, latency, tokens, TTFT, gaps."""
+        if entry is not None:
+            # The client's name may be `namespace:model`; the label is the model the node
+            # announced (namespace is a label of its own).
+            served = entry.models
+            if entry.namespace and model.startswith(entry.namespace + ":"):
+                model = model[len(entry.namespace) + 1 :]
+            model = self._models(model, served.__contains__)
+        else:
+            model = OTHER
+        ns = self._namespaces(namespace, lambda n: n in self.node_registry.namespaces()) if namespace else ""
+        now = time.perf_counter()
+        children = self._children
+        key: tuple[str, ...] = (route, model, ns, str(status))
+        child = children.get(key)
+        if child is None:
+            child = children[key] = self._requests.labels(*key)
+        child.inc()
+        totals = self._totals
+        totals[0] += 1
+        totals[1] += status >= 400
+        totals[2] += prompt_tokens
+        totals[3] += completion_tokens
+        key = ("latency", route, model)
+        child = children.get(key)
+        if child is None:
+            child = children[key] = self._latency.labels(route, model)
+        child.observe(now - started)
+        if prompt_tokens or completion_tokens:
+            key = ("tokens", model, ns)
+            pair = children.get(key)
+            if pair is None:
+                pair = children[key] = (self._prompt.labels(model, ns), self._generated.labels(model, ns))
+            pair[0].inc(prompt_tokens)
+            pair[1].inc(completion_tokens)
+        if timer is not None and timer.first:
+            key = ("ttft", model)
+            child = children.get(key)
+            if child is None:
+                child = children[key] = self._ttft.labels(model)
+            child.observe(timer.first - timer.started)
+            self._gaps.merge(model, timer)
+        self.usage.add(key_prefix, namespace if ns != OTHER else OTHER, prompt_tokens, completion_tokens)
+
+    def request_rejected(self, route: str, status: int) -> None:
+        """Count a request answered before any node was involved (auth, validation, no node)."""
+        key = (route, "", "", str(status))
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = self._requests.labels(*key)
+        child.inc()
+        self._totals[0] += 1
+        self._totals[1] += status >= 400
+
+    def retried(self) -> None:
+        self._retries.inc()
+
+    def failed_over(self) -> None:
+        self._failovers.inc()
+
+    def node_failure(self, kind: str) -> None:
+        """Count a failed or refused attempt; ``kind`` is one of ``NODE_FAILURE_KINDS``."""
+        child = self._failures.get(kind)
+        if child is not None:
+            child.inc()
+
+    # ---- exposition --------------------------------------------------------------------------
+
+    def exposition(self) -> bytes:
+        """The Prometheus text format of everything above."""
+        return generate_latest(self.prometheus)
+
+    def totals(self) -> dict[str, int]:
+        """Cumulative request and token counts, for the dashboard's client-side rates."""
+        return dict(
+            zip(("requests", "errors", "prompt_tokens", "generation_tokens"), self._totals, strict=True)
+        )
+
+
+class _GapCollector(Collector):
+    def __init__(self, gaps: _GapHistogram) -> None:
+        self._gaps = gaps
+
+    def collect(self) -> Iterable[Metric]:
+        yield self._gaps.collect()
+
+
+class _StateCollector(Collector):
+    """Reads the node registry, the gateway's counters and the accounts at scrape time."""
+
+    def __init__(self, metrics: GatewayMetrics) -> None:
+        self._m = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        registry = self._m.node_registry
+        now = time.monotonic()
+        entries = list(registry.all())
+        live = [e for e in entries if now - e.last_seen <= registry.ttl]
+        nodes = GaugeMetricFamily(
+            "tooti_gateway_nodes", "Nodes known to this gateway, by state.", labels=["state"]
+        )
+        nodes.add_metric(["live"], sum(1 for e in live if e.healthy))
+        nodes.add_metric(["unhealthy"], sum(1 for e in live if not e.healthy))
+        nodes.add_metric(["evicted"], len(entries) - len(live))
+        yield nodes
+        yield GaugeMetricFamily(
+            "tooti_gateway_exchanges_in_flight",
+            "Exchanges this gateway has open with nodes right now (requests in flight).",
+            value=sum(e.local_in_flight for e in entries),
+        )
+        yield from _node_families(entries, now, registry.ttl)
+        yield from self._gateway_counters(registry)
+        yield from self._accounts()
+
+    def _gateway_counters(self, registry: Registry) -> Iterator[Metric]:
+        from prometheus_client.core import CounterMetricFamily
+
+        gw = self._m.gateway
+        received = CounterMetricFamily(
+            "tooti_gateway_heartbeats_received",
+            "Node heartbeats accepted, by channel.",
+            labels=["via"],
+        )
+        for via, n in sorted((getattr(gw, "heartbeats", None) or {}).items()):
+            received.add_metric([via], n)
+        yield received
+        yield CounterMetricFamily(
+            "tooti_gateway_heartbeats_rejected",
+            "Heartbeats whose claims did not match their sender.",
+            value=registry.rejected_heartbeats,
+        )
+        yield CounterMetricFamily(
+            "tooti_gateway_nodes_refused",
+            "Nodes refused at join (failed namespace proof or not allowed).",
+            value=getattr(gw, "refused_nodes", 0),
+        )
+
+    def _accounts(self) -> Iterator[Metric]:
+        accounts = self._m.accounts
+        if accounts is None:
+            return
+        health = accounts.health()
+        yield GaugeMetricFamily(
+            "tooti_gateway_database_up",
+            "1 while the accounts database answers.",
+            value=int(bool(health.get("ok"))),
+        )
+        yield GaugeMetricFamily(
+            "tooti_gateway_usage_rows_pending",
+            "Usage rows waiting to be written to the database.",
+            value=health.get("pending_usage_rows", 0),
+        )
+
+
+def _node_families(entries: list[NodeEntry], now: float, ttl: float) -> Iterator[Metric]:
+    shown = sorted(entries, key=lambda e: e.last_seen, reverse=True)[:MAX_NODE_SERIES]
+    labels = ["node", "namespace"]
+    info = GaugeMetricFamily(
+        "tooti_gateway_node_info",
+        "One series per node: its name and version.",
+        labels=[*labels, "name", "version"],
+    )
+    families = {
+        "up": GaugeMetricFamily("tooti_gateway_node_up", "1 if the node is live and healthy.", labels=labels),
+        "capacity": GaugeMetricFamily(
+            "tooti_gateway_node_capacity", "Requests the node runs at once.", labels=labels
+        ),
+        "load": GaugeMetricFamily("tooti_gateway_node_load", "Requests the node is running.", labels=labels),
+        "ttft": GaugeMetricFamily(
+            "tooti_gateway_node_ttft_seconds",
+            "The node's time to first token (moving average).",
+            labels=labels,
+        ),
+        "tps": GaugeMetricFamily(
+            "tooti_gateway_node_tokens_per_second", "The node's decode speed (moving average).", labels=labels
+        ),
+        "rtt": GaugeMetricFamily(
+            "tooti_gateway_node_rtt_seconds", "Round trip from this gateway to the node.", labels=labels
+        ),
+        "age": GaugeMetricFamily(
+            "tooti_gateway_node_heartbeat_age_seconds", "Time since the node's last heartbeat.", labels=labels
+        ),
+    }
+    for e in shown:
+        values = [e.peer_id, e.namespace]
+        info.add_metric([*values, printable(e.name, 64), printable(e.version, 32)], 1)
+        families["up"].add_metric(values, int(e.healthy and now - e.last_seen <= ttl))
+        families["capacity"].add_metric(values, e.capacity)
+        families["load"].add_metric(values, e.load())
+        families["ttft"].add_metric(values, e.ttft_ms / 1000)
+        families["tps"].add_metric(values, e.tps)
+        if e.rtt_ms is not None:
+            families["rtt"].add_metric(values, e.rtt_ms / 1000)
+        families["age"].add_metric(values, now - e.last_seen)
+    yield info
+    yield from families.values()
+
+
+__all__ = ["GAP_BUCKETS", "MAX_LABEL_VALUES", "MAX_NODE_SERIES", "GatewayMetrics", "StreamTimer"]
