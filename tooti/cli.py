@@ -24,6 +24,18 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.environ.get("TOOTI_LOG_LEVEL", "INFO"),
         help="DEBUG, INFO, WARNING or ERROR (env TOOTI_LOG_LEVEL)",
     )
+    parser.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        default=os.environ.get("TOOTI_LOG_FORMAT", "text"),
+        help="text, or json: one object per line (env TOOTI_LOG_FORMAT)",
+    )
+    parser.add_argument(
+        "--access-log",
+        action="store_true",
+        default=os.environ.get("TOOTI_ACCESS_LOG") == "1",
+        help="gateway: one INFO line per request on logger tooti.access (env TOOTI_ACCESS_LOG=1)",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("config-check", help="validate a node or gateway YAML file")
@@ -69,19 +81,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    for noisy in ("hypercorn.access", "httpx", "httpcore", "multiaddr"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    setup_logging(args.log_level)
+    from tooti import logs
+
+    logs.setup(args.log_level, args.log_format)
+    if not args.access_log:
+        logging.getLogger("tooti.access").setLevel(logging.WARNING)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
@@ -110,6 +116,7 @@ def _load(kind: str, path: str | None):  # type: ignore[no-untyped-def]
 
 
 def _cmd_node_start(args: argparse.Namespace) -> int:
+    from tooti import logs
     from tooti.node.agent import NamespaceRefused
     from tooti.node.run import run_node
 
@@ -118,6 +125,7 @@ def _cmd_node_start(args: argparse.Namespace) -> int:
     async def _main() -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_cancel_on_signals, nursery.cancel_scope)
+            nursery.start_soon(logs.flush_loop)
             agent = await nursery.start(run_node, cfg)
             await agent.ready.wait()
             print(
@@ -148,6 +156,7 @@ def _find(exc: BaseException, kind: type[BaseException]) -> BaseException | None
 
 
 def _cmd_gateway_start(args: argparse.Namespace) -> int:
+    from tooti import logs
     from tooti.gateway.serve import serve_gateway
 
     cfg = _load("gateway", args.file)
@@ -155,6 +164,7 @@ def _cmd_gateway_start(args: argparse.Namespace) -> int:
     async def _main() -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_cancel_on_signals, nursery.cancel_scope)
+            nursery.start_soon(logs.flush_loop)
             started = await nursery.start(serve_gateway, cfg)
             print(
                 f"tooti gateway ready: http={started.http_urls[0]} p2p={' '.join(started.p2p_addrs)}",

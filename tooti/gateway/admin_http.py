@@ -24,6 +24,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, Histogram
 from quart import Response, g, has_request_context, request
 from quart_trio import QuartTrio
 
+from tooti import logs
 from tooti.config import GatewayConfig
 
 from .errors import HTTPError
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
     from .registry import NodeEntry
 
 log = logging.getLogger("tooti.gateway")
+_access = logging.getLogger("tooti.access")
 
 _INFERENCE_ROUTES = {
     "/v1/chat/completions": "chat",
@@ -76,7 +78,32 @@ def request_done(
     gw: Gateway, meta: _Meta, usage: pb.Usage | None, status: int, timer: StreamTimer | None
 ) -> None:
     """Account for a request a node took part in (called once per such request)."""
-    metrics_of(gw).request_done(
+    metrics = metrics_of(gw)
+    node = meta.entry.peer_id
+    if status >= 500:
+        metrics.outages.failure(node, f"answered {status} on {meta.route}")
+    elif status < 400:
+        metrics.outages.success(node)
+    if _access.isEnabledFor(logging.INFO):
+        latency_ms = int((time.perf_counter() - meta.started) * 1000)
+        key = getattr(meta.key, "prefix", "")
+        _access.info(
+            "%s %s via %s: %d in %d ms",
+            meta.route,
+            meta.model,
+            node,
+            status,
+            latency_ms,
+            extra={
+                "request_id": meta.request_id,
+                "key": key,
+                "node": node,
+                "model": meta.model,
+                "status": status,
+                "latency_ms": latency_ms,
+            },
+        )
+    metrics.request_done(
         route=meta.route,
         model=meta.model,
         namespace=meta.namespace,
@@ -97,6 +124,7 @@ def install(app: QuartTrio, gw: Gateway, accounts: Any, access: AdminAccess) -> 
     metrics = metrics_of(gw)
     metrics.gateway = gw
     metrics.accounts = accounts
+    logs.on_flush(metrics.outages.sweep)
     if accounts is not None and getattr(accounts, "store", None) is not None:
         _time_store(metrics, accounts.store)
 

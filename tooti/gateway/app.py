@@ -309,7 +309,7 @@ async def _whole(
             chunks.append(block)
         ok = True
     except NodeFailure as exc:
-        gw.dispatcher.metrics.node_failure("mid_answer")
+        gw.dispatcher.metrics.node_failure("mid_answer", entry.peer_id)
         log.warning("request %s: node %s failed mid-answer: %s", meta.request_id, entry.peer_id, exc)
         raise _Retryable from None
     except trio.TooSlowError:
@@ -346,7 +346,7 @@ async def _relay_stream(
             ok = True
         except NodeFailure as exc:
             status = 502
-            gw.dispatcher.metrics.node_failure("mid_stream")
+            gw.dispatcher.metrics.node_failure("mid_stream", entry.peer_id)
             log.warning("request %s: node %s failed mid-stream: %s", meta.request_id, entry.peer_id, exc)
             yield sse_error_event(502, "the node serving this request failed mid-stream", "node_failure")
         except trio.TooSlowError:

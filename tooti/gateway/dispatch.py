@@ -112,7 +112,7 @@ class Dispatcher:
             except NodeFailure as exc:
                 entry.local_in_flight -= 1
                 record_failure(entry)
-                self.metrics.node_failure("before_head")
+                self.metrics.node_failure("before_head", entry.peer_id)
                 log.warning(
                     "request %s: node %s failed before its first byte (%s); trying another",
                     request.request_id,
@@ -123,7 +123,7 @@ class Dispatcher:
             except trio.TooSlowError:
                 entry.local_in_flight -= 1
                 record_failure(entry)
-                self.metrics.node_failure("timeout")
+                self.metrics.node_failure("timeout", entry.peer_id)
                 raise HTTPError(504, "the node did not answer in time", code="timeout") from None
             except BaseException:
                 entry.local_in_flight -= 1
@@ -131,8 +131,8 @@ class Dispatcher:
             if ex.head.status != 200:
                 entry.local_in_flight -= 1
                 error = await _error_answer(ex)
+                self.metrics.node_error(entry.peer_id, error.status, error.code)
                 if error.code in ("busy", "model_not_found"):
-                    self.metrics.node_failure(error.code)
                     # Refused before doing any work: safe to try another node.
                     busy += error.code == "busy"
                     continue

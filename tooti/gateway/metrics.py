@@ -20,6 +20,7 @@ per-node series cover at most ``MAX_NODE_SERIES`` nodes (the most recently heard
 
 from __future__ import annotations
 
+import logging
 import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator
@@ -29,6 +30,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from tooti._logsummary import Outages
 from tooti._sanitize import printable
 
 from ._usage_window import UsageWindow
@@ -45,7 +47,15 @@ TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 3
 LATENCY_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 GAP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.5)
 
-NODE_FAILURE_KINDS = ("before_head", "timeout", "busy", "model_not_found", "mid_answer", "mid_stream")
+NODE_FAILURE_KINDS = (
+    "before_head",  # the node (or the path to it) broke before answering
+    "timeout",  # no first byte in time
+    "busy",  # refused: at capacity
+    "model_not_found",  # refused: no longer serves the model
+    "backend_error",  # answered with a 5xx error of its backend
+    "mid_answer",  # broke during a non-streamed answer
+    "mid_stream",  # broke during a stream
+)
 
 
 class StreamTimer:
@@ -184,6 +194,7 @@ class GatewayMetrics:
         self._namespaces = _Bounded(MAX_LABEL_VALUES)
         self._children: dict[tuple[str, ...], Any] = {}
         self.usage = UsageWindow()
+        self.outages = Outages(logging.getLogger("tooti.gateway"), "node")
         self._totals = [0, 0, 0, 0]  # requests, errors, prompt tokens, generated tokens
         self.gateway: Any = None  # set by admin_http.install: heartbeat and refusal counters
         self.accounts: Any = None  # set by admin_http.install: database health and pending rows
@@ -271,11 +282,24 @@ class GatewayMetrics:
     def failed_over(self) -> None:
         self._failovers.inc()
 
-    def node_failure(self, kind: str) -> None:
-        """Count a failed or refused attempt; ``kind`` is one of ``NODE_FAILURE_KINDS``."""
+    def node_failure(self, kind: str, peer_id: str = "") -> None:
+        """Count a failed or refused attempt; ``kind`` is one of ``NODE_FAILURE_KINDS``.
+
+        Failures before or during a non-streamed answer also feed the per-node outage log (a
+        broken stream reaches it through request_done, as a 502)."""
         child = self._failures.get(kind)
         if child is not None:
             child.inc()
+        if peer_id and kind in ("before_head", "timeout", "mid_answer"):
+            self.outages.failure(peer_id, kind.replace("_", " "))
+
+    def node_error(self, peer_id: str, status: int, code: str | None) -> None:
+        """A node answered an attempt with an error status (before any byte reached the client)."""
+        if code in ("busy", "model_not_found"):
+            self.node_failure(code, peer_id)
+        elif status >= 500:
+            self._failures["backend_error"].inc()
+            self.outages.failure(peer_id, f"backend error {status} {code or ''}".rstrip())
 
     # ---- exposition --------------------------------------------------------------------------
 
