@@ -69,7 +69,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="show the nodes a gateway sees")
     p.add_argument("--gateway", default="http://127.0.0.1:8080", help="gateway base URL")
     p.add_argument("--api-key", default=os.environ.get("TOOTI_API_KEY"))
-    p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--json", action="store_true", help="the gateway's JSON document (one per line with --watch)"
+    )
+    p.add_argument(
+        "--watch",
+        nargs="?",
+        const=2.0,
+        type=float,
+        metavar="SECONDS",
+        help="refresh every SECONDS (default 2) until Ctrl-C",
+    )
     p.set_defaults(func=_cmd_status)
 
     try:
@@ -191,7 +201,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
 def _cmd_status(args: argparse.Namespace) -> int:
     from tooti.status import show_status
 
-    return show_status(args.gateway, api_key=args.api_key, as_json=args.json)
+    return show_status(args.gateway, api_key=args.api_key, as_json=args.json, watch=args.watch)
 
 
 async def _cancel_on_signals(scope: trio.CancelScope) -> None:
