@@ -209,7 +209,13 @@ def create_app(
         tried: set[str] = set()
         while True:
             ex, entry, ns, _backend_model = await gw.dispatcher.dispatch(
-                _ROUTES[route], raw, model_ref, request_id=g.request_id, allowed_namespaces=scope, tried=tried
+                _ROUTES[route],
+                raw,
+                model_ref,
+                request_id=g.request_id,
+                allowed_namespaces=scope,
+                tried=tried,
+                traceparent=request.headers.get("traceparent", ""),
             )
             meta = _Meta(route, model_ref, ns, entry, key, started, g.request_id)
             if stream:

@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 import trio
 
+from tooti._trace import valid_traceparent
 from tooti.wire import pb
 
 from .errors import HTTPError
@@ -61,6 +62,7 @@ class Dispatcher:
         request_id: str | None = None,
         want_usage: bool = True,
         tried: set[str] | None = None,
+        traceparent: str = "",
     ) -> tuple[Exchange, NodeEntry, str, str]:
         """Open an exchange with the best node for ``model_ref``.
 
@@ -89,6 +91,7 @@ class Dispatcher:
             model=model,
             deadline_unix_ms=int((time.time() + self.total_timeout) * 1000),
             want_usage=want_usage,
+            traceparent=valid_traceparent(traceparent),
         )
         tried = set() if tried is None else tried
         busy = attempts = 0

@@ -22,6 +22,7 @@ import trio
 from libp2p.abc import INetStream
 from libp2p.network.stream.exceptions import StreamError
 
+from tooti import _trace
 from tooti.p2p.framing import FrameError, FrameReader, encode
 from tooti.p2p.host import peer_of
 from tooti.wire import pb
@@ -107,6 +108,7 @@ class InferenceService:
             ex.open = False
 
     async def _serve(self, stream: INetStream, req: pb.InferenceRequest) -> None:
+        _trace.bind(req.request_id, req.traceparent)  # this task's log lines and backend headers
         stats = self._stats
         route = _ROUTES.get(req.route)
         if route is None:

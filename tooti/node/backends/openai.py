@@ -15,6 +15,8 @@ from typing import Any
 
 import httpx
 
+from tooti import _trace
+
 from ._sse import DONE, EventSplitter, error_body, inspect_event, usage_from
 from .base import Backend, BackendError, Reply, Request, single
 
@@ -51,7 +53,7 @@ class OpenAIBackend(Backend):
     async def open(self, request: Request) -> AsyncIterator[Reply]:
         url = self._base + _PATHS[request.route]
         content = json.dumps(request.body, separators=(",", ":")).encode()
-        headers = {**self._headers, "Content-Type": "application/json"}
+        headers = {**self._headers, "Content-Type": "application/json", **_trace.headers()}
         try:
             response = await self._client.send(
                 self._client.build_request("POST", url, content=content, headers=headers), stream=True

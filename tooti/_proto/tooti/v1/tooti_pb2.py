@@ -24,45 +24,45 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14tooti/v1/tooti.proto\x12\x08tooti.v1\"\x91\x01\n\x10InferenceRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x1e\n\x05route\x18\x02 \x01(\x0e\x32\x0f.tooti.v1.Route\x12\x0c\n\x04\x62ody\x18\x03 \x01(\x0c\x12\r\n\x05model\x18\x04 \x01(\t\x12\x18\n\x10\x64\x65\x61\x64line_unix_ms\x18\x05 \x01(\x03\x12\x12\n\nwant_usage\x18\x06 \x01(\x08\"\x1c\n\x06\x43\x61ncel\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"i\n\x0cGatewayFrame\x12-\n\x07request\x18\x01 \x01(\x0b\x32\x1a.tooti.v1.InferenceRequestH\x00\x12\"\n\x06\x63\x61ncel\x18\x02 \x01(\x0b\x32\x10.tooti.v1.CancelH\x00\x42\x06\n\x04kind\"4\n\x0cResponseHead\x12\x0e\n\x06status\x18\x01 \x01(\x05\x12\x14\n\x0c\x63ontent_type\x18\x02 \x01(\t\"O\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x03\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x03\x12\x14\n\x0ctotal_tokens\x18\x03 \x01(\x03\"6\n\x05\x45rror\x12\x0e\n\x06status\x18\x01 \x01(\x05\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\"M\n\x0bResponseEnd\x12\x1e\n\x05usage\x18\x01 \x01(\x0b\x32\x0f.tooti.v1.Usage\x12\x1e\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x0f.tooti.v1.Error\"u\n\rResponseFrame\x12&\n\x04head\x18\x01 \x01(\x0b\x32\x16.tooti.v1.ResponseHeadH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x12$\n\x03\x65nd\x18\x03 \x01(\x0b\x32\x15.tooti.v1.ResponseEndH\x00\x42\x06\n\x04kind\"+\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x63\x61pacity\x18\x02 \x01(\x05\"\x99\x02\n\x0c\x41nnouncement\x12\x0f\n\x07peer_id\x18\x01 \x01(\x0c\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12#\n\x06models\x18\x03 \x03(\x0b\x32\x13.tooti.v1.ModelInfo\x12\x10\n\x08\x63\x61pacity\x18\x04 \x01(\x05\x12\x11\n\tin_flight\x18\x05 \x01(\x05\x12\x13\n\x0bqueue_depth\x18\x06 \x01(\x05\x12\x13\n\x0bttft_ms_ema\x18\x07 \x01(\x01\x12\x16\n\x0e\x64\x65\x63ode_tps_ema\x18\x08 \x01(\x01\x12\x17\n\x0f\x62\x61\x63kend_healthy\x18\t \x01(\x08\x12\x0f\n\x07version\x18\n \x01(\t\x12\x0b\n\x03seq\x18\x0b \x01(\x04\x12\x14\n\x0ctimestamp_ms\x18\x0c \x01(\x03\x12\x0c\n\x04name\x18\r \x01(\t\";\n\x05Hello\x12,\n\x0c\x61nnouncement\x18\x01 \x01(\x0b\x32\x16.tooti.v1.AnnouncementJ\x04\x08\x02\x10\x03\"\x87\x01\n\tChallenge\x12\r\n\x05nonce\x18\x01 \x01(\x0c\x12\x0e\n\x06scheme\x18\x02 \x01(\t\x12\x0c\n\x04salt\x18\x03 \x01(\x0c\x12\x11\n\ttime_cost\x18\x04 \x01(\r\x12\x13\n\x0bmemory_cost\x18\x05 \x01(\r\x12\x13\n\x0bparallelism\x18\x06 \x01(\r\x12\x10\n\x08hash_len\x18\x07 \x01(\r\"\x14\n\x05Proof\x12\x0b\n\x03mac\x18\x01 \x01(\x0c\"V\n\x07Welcome\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x17\n\x0fgateway_peer_id\x18\x03 \x01(\x0c\x12\x10\n\x08gateways\x18\x04 \x03(\t\"h\n\x0eGatewayControl\x12(\n\tchallenge\x18\x01 \x01(\x0b\x32\x13.tooti.v1.ChallengeH\x00\x12$\n\x07welcome\x18\x02 \x01(\x0b\x32\x11.tooti.v1.WelcomeH\x00\x42\x06\n\x04kind\"\x87\x01\n\x0c\x43ontrolFrame\x12 \n\x05hello\x18\x01 \x01(\x0b\x32\x0f.tooti.v1.HelloH\x00\x12+\n\theartbeat\x18\x02 \x01(\x0b\x32\x16.tooti.v1.AnnouncementH\x00\x12 \n\x05proof\x18\x03 \x01(\x0b\x32\x0f.tooti.v1.ProofH\x00\x42\x06\n\x04kind*[\n\x05Route\x12\x15\n\x11ROUTE_UNSPECIFIED\x10\x00\x12\x0e\n\nROUTE_CHAT\x10\x01\x12\x15\n\x11ROUTE_COMPLETIONS\x10\x02\x12\x14\n\x10ROUTE_EMBEDDINGS\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14tooti/v1/tooti.proto\x12\x08tooti.v1\"\xa6\x01\n\x10InferenceRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x1e\n\x05route\x18\x02 \x01(\x0e\x32\x0f.tooti.v1.Route\x12\x0c\n\x04\x62ody\x18\x03 \x01(\x0c\x12\r\n\x05model\x18\x04 \x01(\t\x12\x18\n\x10\x64\x65\x61\x64line_unix_ms\x18\x05 \x01(\x03\x12\x12\n\nwant_usage\x18\x06 \x01(\x08\x12\x13\n\x0btraceparent\x18\t \x01(\t\"\x1c\n\x06\x43\x61ncel\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"i\n\x0cGatewayFrame\x12-\n\x07request\x18\x01 \x01(\x0b\x32\x1a.tooti.v1.InferenceRequestH\x00\x12\"\n\x06\x63\x61ncel\x18\x02 \x01(\x0b\x32\x10.tooti.v1.CancelH\x00\x42\x06\n\x04kind\"4\n\x0cResponseHead\x12\x0e\n\x06status\x18\x01 \x01(\x05\x12\x14\n\x0c\x63ontent_type\x18\x02 \x01(\t\"O\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x03\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x03\x12\x14\n\x0ctotal_tokens\x18\x03 \x01(\x03\"6\n\x05\x45rror\x12\x0e\n\x06status\x18\x01 \x01(\x05\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\"M\n\x0bResponseEnd\x12\x1e\n\x05usage\x18\x01 \x01(\x0b\x32\x0f.tooti.v1.Usage\x12\x1e\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x0f.tooti.v1.Error\"u\n\rResponseFrame\x12&\n\x04head\x18\x01 \x01(\x0b\x32\x16.tooti.v1.ResponseHeadH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x12$\n\x03\x65nd\x18\x03 \x01(\x0b\x32\x15.tooti.v1.ResponseEndH\x00\x42\x06\n\x04kind\"+\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x63\x61pacity\x18\x02 \x01(\x05\"\x99\x02\n\x0c\x41nnouncement\x12\x0f\n\x07peer_id\x18\x01 \x01(\x0c\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12#\n\x06models\x18\x03 \x03(\x0b\x32\x13.tooti.v1.ModelInfo\x12\x10\n\x08\x63\x61pacity\x18\x04 \x01(\x05\x12\x11\n\tin_flight\x18\x05 \x01(\x05\x12\x13\n\x0bqueue_depth\x18\x06 \x01(\x05\x12\x13\n\x0bttft_ms_ema\x18\x07 \x01(\x01\x12\x16\n\x0e\x64\x65\x63ode_tps_ema\x18\x08 \x01(\x01\x12\x17\n\x0f\x62\x61\x63kend_healthy\x18\t \x01(\x08\x12\x0f\n\x07version\x18\n \x01(\t\x12\x0b\n\x03seq\x18\x0b \x01(\x04\x12\x14\n\x0ctimestamp_ms\x18\x0c \x01(\x03\x12\x0c\n\x04name\x18\r \x01(\t\";\n\x05Hello\x12,\n\x0c\x61nnouncement\x18\x01 \x01(\x0b\x32\x16.tooti.v1.AnnouncementJ\x04\x08\x02\x10\x03\"\x87\x01\n\tChallenge\x12\r\n\x05nonce\x18\x01 \x01(\x0c\x12\x0e\n\x06scheme\x18\x02 \x01(\t\x12\x0c\n\x04salt\x18\x03 \x01(\x0c\x12\x11\n\ttime_cost\x18\x04 \x01(\r\x12\x13\n\x0bmemory_cost\x18\x05 \x01(\r\x12\x13\n\x0bparallelism\x18\x06 \x01(\r\x12\x10\n\x08hash_len\x18\x07 \x01(\r\"\x14\n\x05Proof\x12\x0b\n\x03mac\x18\x01 \x01(\x0c\"V\n\x07Welcome\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x17\n\x0fgateway_peer_id\x18\x03 \x01(\x0c\x12\x10\n\x08gateways\x18\x04 \x03(\t\"h\n\x0eGatewayControl\x12(\n\tchallenge\x18\x01 \x01(\x0b\x32\x13.tooti.v1.ChallengeH\x00\x12$\n\x07welcome\x18\x02 \x01(\x0b\x32\x11.tooti.v1.WelcomeH\x00\x42\x06\n\x04kind\"\x87\x01\n\x0c\x43ontrolFrame\x12 \n\x05hello\x18\x01 \x01(\x0b\x32\x0f.tooti.v1.HelloH\x00\x12+\n\theartbeat\x18\x02 \x01(\x0b\x32\x16.tooti.v1.AnnouncementH\x00\x12 \n\x05proof\x18\x03 \x01(\x0b\x32\x0f.tooti.v1.ProofH\x00\x42\x06\n\x04kind*[\n\x05Route\x12\x15\n\x11ROUTE_UNSPECIFIED\x10\x00\x12\x0e\n\nROUTE_CHAT\x10\x01\x12\x15\n\x11ROUTE_COMPLETIONS\x10\x02\x12\x14\n\x10ROUTE_EMBEDDINGS\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tooti.v1.tooti_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ROUTE']._serialized_start=1590
-  _globals['_ROUTE']._serialized_end=1681
+  _globals['_ROUTE']._serialized_start=1611
+  _globals['_ROUTE']._serialized_end=1702
   _globals['_INFERENCEREQUEST']._serialized_start=35
-  _globals['_INFERENCEREQUEST']._serialized_end=180
-  _globals['_CANCEL']._serialized_start=182
-  _globals['_CANCEL']._serialized_end=210
-  _globals['_GATEWAYFRAME']._serialized_start=212
-  _globals['_GATEWAYFRAME']._serialized_end=317
-  _globals['_RESPONSEHEAD']._serialized_start=319
-  _globals['_RESPONSEHEAD']._serialized_end=371
-  _globals['_USAGE']._serialized_start=373
-  _globals['_USAGE']._serialized_end=452
-  _globals['_ERROR']._serialized_start=454
-  _globals['_ERROR']._serialized_end=508
-  _globals['_RESPONSEEND']._serialized_start=510
-  _globals['_RESPONSEEND']._serialized_end=587
-  _globals['_RESPONSEFRAME']._serialized_start=589
-  _globals['_RESPONSEFRAME']._serialized_end=706
-  _globals['_MODELINFO']._serialized_start=708
-  _globals['_MODELINFO']._serialized_end=751
-  _globals['_ANNOUNCEMENT']._serialized_start=754
-  _globals['_ANNOUNCEMENT']._serialized_end=1035
-  _globals['_HELLO']._serialized_start=1037
-  _globals['_HELLO']._serialized_end=1096
-  _globals['_CHALLENGE']._serialized_start=1099
-  _globals['_CHALLENGE']._serialized_end=1234
-  _globals['_PROOF']._serialized_start=1236
-  _globals['_PROOF']._serialized_end=1256
-  _globals['_WELCOME']._serialized_start=1258
-  _globals['_WELCOME']._serialized_end=1344
-  _globals['_GATEWAYCONTROL']._serialized_start=1346
-  _globals['_GATEWAYCONTROL']._serialized_end=1450
-  _globals['_CONTROLFRAME']._serialized_start=1453
-  _globals['_CONTROLFRAME']._serialized_end=1588
+  _globals['_INFERENCEREQUEST']._serialized_end=201
+  _globals['_CANCEL']._serialized_start=203
+  _globals['_CANCEL']._serialized_end=231
+  _globals['_GATEWAYFRAME']._serialized_start=233
+  _globals['_GATEWAYFRAME']._serialized_end=338
+  _globals['_RESPONSEHEAD']._serialized_start=340
+  _globals['_RESPONSEHEAD']._serialized_end=392
+  _globals['_USAGE']._serialized_start=394
+  _globals['_USAGE']._serialized_end=473
+  _globals['_ERROR']._serialized_start=475
+  _globals['_ERROR']._serialized_end=529
+  _globals['_RESPONSEEND']._serialized_start=531
+  _globals['_RESPONSEEND']._serialized_end=608
+  _globals['_RESPONSEFRAME']._serialized_start=610
+  _globals['_RESPONSEFRAME']._serialized_end=727
+  _globals['_MODELINFO']._serialized_start=729
+  _globals['_MODELINFO']._serialized_end=772
+  _globals['_ANNOUNCEMENT']._serialized_start=775
+  _globals['_ANNOUNCEMENT']._serialized_end=1056
+  _globals['_HELLO']._serialized_start=1058
+  _globals['_HELLO']._serialized_end=1117
+  _globals['_CHALLENGE']._serialized_start=1120
+  _globals['_CHALLENGE']._serialized_end=1255
+  _globals['_PROOF']._serialized_start=1257
+  _globals['_PROOF']._serialized_end=1277
+  _globals['_WELCOME']._serialized_start=1279
+  _globals['_WELCOME']._serialized_end=1365
+  _globals['_GATEWAYCONTROL']._serialized_start=1367
+  _globals['_GATEWAYCONTROL']._serialized_end=1471
+  _globals['_CONTROLFRAME']._serialized_start=1474
+  _globals['_CONTROLFRAME']._serialized_end=1609
 # @@protoc_insertion_point(module_scope)
