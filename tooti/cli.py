@@ -186,11 +186,13 @@ def _cmd_gateway_start(args: argparse.Namespace) -> int:
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
+    from tooti import logs
     from tooti.up import run_up
 
     async def _main() -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_cancel_on_signals, nursery.cancel_scope)
+            nursery.start_soon(logs.flush_loop)
             await run_up(port=args.port, p2p_port=args.p2p_port, backend=args.backend, data_dir=args.data_dir)
             nursery.cancel_scope.cancel()
 

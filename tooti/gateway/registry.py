@@ -13,6 +13,8 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
+import trio
+
 from tooti.wire import pb
 
 
@@ -49,6 +51,7 @@ class Registry:
         self.ttl = ttl
         self._nodes: dict[str, NodeEntry] = {}
         self.rejected_heartbeats = 0
+        self._changed = trio.Event()
 
     def update(self, peer_id: str, ann: pb.Announcement, *, now: float | None = None) -> NodeEntry | None:
         """Insert or refresh the entry for ``peer_id`` from an announcement it was verified to
@@ -77,10 +80,20 @@ class Registry:
         else:
             for k, v in fields.items():
                 setattr(entry, k, v)
+        self._notify()
         return entry
 
     def drop(self, peer_id: str) -> None:
-        self._nodes.pop(peer_id, None)
+        if self._nodes.pop(peer_id, None) is not None:
+            self._notify()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def changed(self) -> None:
+        """Wait until an entry is added, refreshed or dropped (for waiting without polling)."""
+        await self._changed.wait()
 
     def get(self, peer_id: str) -> NodeEntry | None:
         return self._nodes.get(peer_id)
