@@ -228,3 +228,27 @@ def test_sigterm_and_ctrl_c_log_no_exception_groups(tmp_path: Path) -> None:
         text = p.read_text()
         assert "ExceptionGroup" not in text and "Traceback" not in text, text
         assert " ERROR " not in text, text
+
+
+def test_summary_state_is_bounded() -> None:
+    clock, out = _Clock(), io.StringIO()
+    logger = logging.getLogger("test.bounded")
+    logger.propagate = False
+    handler = logging.StreamHandler(out)
+    repeats = RepeatFilter(burst=1, quiet=10, clock=clock, max_templates=5)
+    repeats.bind(handler.handle)
+    handler.addFilter(repeats)
+    logger.addHandler(handler)
+    outages = Outages(logger, "node", clock=clock, max_subjects=3)
+    try:
+        for t in range(8):  # 8 templates, 5 tracked: the rest pass through uncollapsed
+            for _ in range(4):
+                logger.warning(f"template {t} %s", "x")
+        for n in range(5):  # 5 failing subjects, 3 tracked
+            outages.failure(f"n{n}")
+    finally:
+        logger.removeHandler(handler)
+    lines = out.getvalue().splitlines()
+    assert sum(line.startswith("template ") for line in lines) == 5 * 1 + 3 * 4
+    assert len(repeats._held) == 5
+    assert outages.open_subjects() == ["n0", "n1", "n2"]

@@ -27,9 +27,10 @@ class UsageWindow:
         pair = (key_prefix, namespace)
         series = self._series.get(pair)
         if series is None:
-            if len(self._series) >= MAX_SERIES:
+            # One slot stays free for `other`, so the window never holds more than MAX_SERIES.
+            if len(self._series) >= MAX_SERIES - 1:
                 self._prune(minute)
-            if len(self._series) >= MAX_SERIES:
+            if len(self._series) >= MAX_SERIES - 1:
                 pair = _OTHER
             series = self._series.setdefault(pair, {})
         cell = series.get(minute)
