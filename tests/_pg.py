@@ -8,6 +8,7 @@ misconfigured pipeline cannot silently skip them.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import Iterator
@@ -100,3 +101,89 @@ def all_stored_values(url: str) -> list[tuple[str, str, str]]:
         for row in raw_rows(url, f'SELECT * FROM "{table}"'):
             found.extend((str(table), col, str(val)) for col, val in zip(columns, row, strict=False))
     return found
+
+
+# -- a throw-away cluster -------------------------------------------------------------------
+
+
+class Cluster:
+    """A private PostgreSQL server in a temporary directory, on its own port, which a test
+    may stop, kill and restart without disturbing anything else using the shared server."""
+
+    def __init__(self, bindir: str, datadir: str, port: int, as_postgres: bool) -> None:
+        self.bindir, self.datadir, self.port = bindir, datadir, port
+        self._as_postgres = as_postgres
+        self.url = f"postgresql://tooti@127.0.0.1:{port}/postgres"
+
+    def _run(self, *argv: str, timeout: float = 60) -> None:
+        import subprocess
+
+        cmd = [os.path.join(self.bindir, argv[0]), *argv[1:]]
+        if self._as_postgres:  # PostgreSQL refuses to run as root
+            cmd = ["runuser", "-u", "postgres", "--", *cmd]
+        subprocess.run(cmd, check=True, capture_output=True, timeout=timeout)
+
+    def start(self) -> None:
+        opts = f"-p {self.port} -k {self.datadir} -c listen_addresses=127.0.0.1 -c fsync=off"
+        self._run("pg_ctl", "-D", self.datadir, "-o", opts, "-l", self.datadir + "/log", "-w", "start")
+
+    def stop(self, mode: str = "fast") -> None:
+        self._run("pg_ctl", "-D", self.datadir, "-m", mode, "-w", "stop")
+
+    def restart(self) -> None:
+        self.stop("fast")
+        self.start()
+
+
+def _pg_bindir() -> str | None:
+    import glob
+    import shutil
+
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    if found:
+        return os.path.dirname(found[-1])
+    initdb = shutil.which("initdb")
+    return os.path.dirname(initdb) if initdb else None
+
+
+@contextlib.contextmanager
+def private_cluster() -> Iterator[Cluster]:
+    """A fresh, private PostgreSQL cluster (role ``tooti``, trust auth on 127.0.0.1), removed
+    afterwards. Skips (fails under CI) when the server binaries are missing."""
+    import shutil
+    import socket
+    import tempfile
+
+    from tests.conftest import require
+
+    bindir = _pg_bindir()
+    require(bindir is not None, "PostgreSQL server binaries (initdb, pg_ctl) not installed")
+    assert bindir is not None
+    as_postgres = os.geteuid() == 0
+    require(
+        not as_postgres or shutil.which("runuser") is not None, "runuser needed to run PostgreSQL as root"
+    )
+    datadir = tempfile.mkdtemp(prefix="tooti-pg-")
+    if as_postgres:
+        shutil.chown(datadir, "postgres", "postgres")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cluster = Cluster(bindir, datadir, port, as_postgres)
+    try:
+        cluster._run("initdb", "-D", datadir, "-A", "trust", "-U", "tooti", "--no-sync", timeout=120)
+        cluster.start()
+        yield cluster
+    finally:
+        try:
+            cluster.stop("immediate")
+        except Exception:
+            pass
+        shutil.rmtree(datadir, ignore_errors=True)
+
+
+@pytest.fixture
+def pg_cluster() -> Iterator[Cluster]:
+    """A private PostgreSQL cluster for one test (see :func:`private_cluster`)."""
+    with private_cluster() as cluster:
+        yield cluster

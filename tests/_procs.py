@@ -7,17 +7,21 @@ assertions (for example, that no secret was ever logged).
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from tooti.p2p import keys, membership
 
 REPO = Path(__file__).resolve().parent.parent
 ALL_PROCS: list[Proc] = []
@@ -110,6 +114,16 @@ def tooti(args: list[str], *, log: Path, env: dict[str, str] | None = None) -> P
     return Proc([sys.executable, "-m", "tooti", *args], log=log, env=env)
 
 
+@functools.cache
+def network() -> tuple[Path, str]:
+    """The test run's network: a network key file (gateways started here admit themselves
+    with it) and its id (which every node and gateway here trusts)."""
+    path = Path(tempfile.mkdtemp(prefix="tooti-net-")) / "network.key"
+    path.write_text(keys.generate(keys.NETWORK_PRIVATE) + "\n")
+    path.chmod(0o600)
+    return path, membership.network_id(path.read_text().strip())
+
+
 class Gateway:
     def __init__(self, proc: Proc, http: str, p2p: str, config: Path) -> None:
         self.proc, self.http, self.p2p, self.config = proc, http, p2p, config
@@ -139,7 +153,12 @@ def start_gateway(
             "http_listen": f"127.0.0.1:{free_port()}",
             "auth": auth,
         },
-        "network": {"listen": [f"/ip4/127.0.0.1/tcp/{free_port()}"], "bootstrap": list(bootstrap)},
+        "network": {
+            "listen": [f"/ip4/127.0.0.1/tcp/{free_port()}"],
+            "bootstrap": list(bootstrap),
+            "id": network()[1],
+            "key_file": str(network()[0]),
+        },
         "registry": {"heartbeat_ttl_sec": ttl},
         "database": {"url": database_url or f"sqlite:///{d / 'tooti.db'}"},
     }
@@ -171,7 +190,8 @@ def write_node_config(
     d.mkdir(parents=True, exist_ok=True)
     cfg: dict[str, Any] = {
         "node": {"name": name, "identity_key_file": str(d / "node.key"), **(node or {})},
-        "network": {"bootstrap": [g.p2p for g in gateways]},  # no listen address: dial out only
+        # no listen address: dial out only
+        "network": {"bootstrap": [g.p2p for g in gateways], "id": network()[1]},
         "backend": backend,
         "heartbeat": {"interval_sec": 1.0},
     }

@@ -5,10 +5,10 @@ These tests are synchronous on purpose: each CLI command calls trio.run().
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import re
+import stat
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
@@ -19,7 +19,9 @@ import trio
 
 from tests._pg import raw_rows
 from tooti import admin_cli
+from tooti.p2p import keys
 from tooti.store import UsageRow, open_store
+from tooti.store._namespaces import fingerprint
 
 REPO = Path(__file__).resolve().parent.parent
 KEY_RE = re.compile(r"^tt-[0-9a-z]{10}-[0-9A-Za-z]{43}$")
@@ -44,6 +46,15 @@ def cli(capsys, url: str, *argv: str) -> tuple[int, str, str]:
     return code, out, err
 
 
+def admits(url: str, namespace: str, private: str) -> bool:
+    verifier = store_call(url, "namespace_verifier", namespace)
+    if verifier is None:
+        return False
+    nonce = os.urandom(32)
+    sig = keys.prove_namespace(private, nonce, namespace, b"node", b"gw")
+    return verifier.check_proof(sig, nonce, b"node", b"gw")
+
+
 def test_namespace_commands(capsys, store_url):
     code, out, err = cli(
         capsys,
@@ -59,41 +70,67 @@ def test_namespace_commands(capsys, store_url):
         "peer-2",
     )
     assert code == 0
-    secret = out.strip()
-    assert len(out.splitlines()) == 1 and len(secret) >= 43
-    assert "only once" in err
-    assert store_call(store_url, "verify_namespace", "team", secret, "")
-    assert store_call(store_url, "verify_namespace", "team", None, "peer-2")
+    private = out.strip()
+    assert len(out.splitlines()) == 1 and private.startswith("tooti-ns-key-v1:")
+    assert "only once" in err and "fingerprint: sha256:" in err
+    assert admits(store_url, "team", private)
+    assert store_call(store_url, "namespace_verifier", "team").allowed_peers == ("peer-1", "peer-2")
 
     code, out, err = cli(capsys, store_url, "namespace", "list")
+    public = keys.public_of(private, keys.NAMESPACE_PRIVATE, keys.NAMESPACE_PUBLIC)
     assert code == 0 and "team" in out and "ann" in out and "peer-1,peer-2" in out
-    assert secret not in out + err
+    assert fingerprint(public) in out
+    assert private not in out + err and private.split(":")[1] not in out + err
 
     code, out, err = cli(capsys, store_url, "namespace", "create", "team")
     assert code == 1 and "namespace 'team' already exists" in err
 
     code, out, err = cli(capsys, store_url, "namespace", "rotate", "team")
-    new_secret = out.strip()
-    assert code == 0 and new_secret != secret and "only once" in err
-    assert not store_call(store_url, "verify_namespace", "team", secret, "")
-    assert store_call(store_url, "verify_namespace", "team", new_secret, "")
+    new_private = out.strip()
+    assert code == 0 and new_private != private and "only once" in err
+    assert not admits(store_url, "team", private)
+    assert admits(store_url, "team", new_private)
+
+    code, out, err = cli(capsys, store_url, "namespace", "rotate", "team", "--grace", "10m")
+    newest = out.strip()
+    assert code == 0 and "600s" in err
+    assert admits(store_url, "team", new_private) and admits(store_url, "team", newest)
+    code, out, _ = cli(capsys, store_url, "namespace", "list")
+    assert "(until " in out
 
     assert cli(capsys, store_url, "namespace", "rotate", "missing")[0] == 1
     assert cli(capsys, store_url, "namespace", "delete", "team")[0] == 0
     assert cli(capsys, store_url, "namespace", "delete", "team")[0] == 1
+    assert not admits(store_url, "team", newest)
 
 
-def test_namespace_secret_from_stdin(capsys, monkeypatch, tmp_path):
+def test_namespace_key_file_and_registered_public_key(capsys, tmp_path):
     url = f"sqlite:///{tmp_path / 'cli.db'}"
-    monkeypatch.setattr(sys, "stdin", io.StringIO("a chosen secret\n"))
-    code, out, err = cli(capsys, url, "namespace", "create", "mine", "--secret-stdin")
-    assert code == 0 and out == "" and "a chosen secret" not in err
-    assert store_call(url, "verify_namespace", "mine", "a chosen secret", "")
-    [(hashed,)] = raw_rows(url, "SELECT secret_hash FROM namespaces")
-    assert str(hashed).startswith("$argon2id$")
+    key_file = tmp_path / "acme.key"
+    code, out, err = cli(capsys, url, "namespace", "create", "acme", "--key-file", str(key_file))
+    assert code == 0 and out == "" and str(key_file) in err
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    private = key_file.read_text().strip()
+    assert admits(url, "acme", private) and private not in err
+    # never overwrites a key file
+    code, _, err = cli(capsys, url, "namespace", "rotate", "acme", "--key-file", str(key_file))
+    assert code == 2 and "exists" in err and key_file.read_text().strip() == private
+    # a failed create leaves no key file behind
+    other = tmp_path / "other.key"
+    assert cli(capsys, url, "namespace", "create", "acme", "--key-file", str(other))[0] == 1
+    assert not other.exists()
 
-    monkeypatch.setattr(sys, "stdin", io.StringIO("short\n"))
-    assert cli(capsys, url, "namespace", "create", "weak", "--secret-stdin")[0] == 2
+    # a key pair made elsewhere: only the public half ever reaches the gateway host
+    own = keys.generate(keys.NAMESPACE_PRIVATE)
+    public = keys.public_of(own, keys.NAMESPACE_PRIVATE, keys.NAMESPACE_PUBLIC)
+    code, out, err = cli(capsys, url, "namespace", "create", "own", "--public-key", public)
+    assert code == 0 and out == "" and fingerprint(public) in err
+    assert admits(url, "own", own)
+    code, _, err = cli(capsys, url, "namespace", "create", "bad", "--public-key", own)
+    assert code == 2 and "tooti-ns-pub-v1" in err and own not in err
+    code, _, _ = cli(capsys, url, "namespace", "create", "bad", "--public-key", public, "--key-file", "x")
+    assert code == 2
+    assert store_call(url, "get_namespace", "bad") is None
 
 
 def test_apikey_commands(capsys, store_url):
@@ -140,7 +177,7 @@ def test_bad_duration_is_a_usage_error(capsys, tmp_path):
 
 def test_db_migrate(capsys, store_url):
     code, out, _ = cli(capsys, store_url, "db", "migrate")
-    assert code == 0 and out.strip() == "applied migrations: 1"
+    assert code == 0 and out.strip() == "applied migrations: 1, 2, 3"
     code, out, _ = cli(capsys, store_url, "db", "migrate")
     assert code == 0 and out.strip() == "schema up to date"
 
@@ -159,8 +196,8 @@ def test_two_processes_migrate_one_database_at_once(store_url):
     ]
     results = [(p.wait(timeout=60), p.stdout.read().strip(), p.stderr.read()) for p in procs]
     assert [code for code, _, _ in results] == [0, 0], results
-    assert sorted(out for _, out, _ in results) == ["applied migrations: 1", "schema up to date"]
-    assert len(raw_rows(store_url, "SELECT version FROM schema_migrations")) == 1
+    assert sorted(out for _, out, _ in results) == ["applied migrations: 1, 2, 3", "schema up to date"]
+    assert len(raw_rows(store_url, "SELECT version FROM schema_migrations")) == 3
 
 
 def test_usage_report(capsys, store_url):
@@ -182,6 +219,8 @@ def test_usage_report(capsys, store_url):
             "requests": 2,
             "prompt_tokens": 30,
             "completion_tokens": 3,
+            "total_tokens": 33,
+            "flagged_requests": 0,
         },
         {
             "key_prefix": "k2",
@@ -190,12 +229,14 @@ def test_usage_report(capsys, store_url):
             "requests": 1,
             "prompt_tokens": 5,
             "completion_tokens": 5,
+            "total_tokens": 10,
+            "flagged_requests": 0,
         },
     ]
     code, out, _ = cli(capsys, store_url, "usage")
     lines = out.splitlines()
-    assert code == 0 and lines[0].split() == ["DAY", "KEY", "MODEL", "REQUESTS", "PROMPT", "COMPLETION"]
-    assert lines[1].split() == ["2026-03-01", "k1", "llama", "2", "30", "3"]
+    assert lines[0].split() == ["DAY", "KEY", "MODEL", "REQUESTS", "PROMPT", "COMPLETION", "FLAGGED"]
+    assert code == 0 and lines[1].split() == ["2026-03-01", "k1", "llama", "2", "30", "3", "0"]
     code, out, _ = cli(capsys, store_url, "usage", "--key", "k2", "--json")
     assert [r["key_prefix"] for r in json.loads(out)] == ["k2"]
     code, out, _ = cli(capsys, store_url, "usage", "--since", "2026-03-02", "--json")
@@ -248,3 +289,30 @@ def test_subprocess_entry_point(tmp_path):
     )
     assert listing.returncode == 0 and "ci" in listing.stdout
     assert plaintext not in listing.stdout
+
+
+def test_usage_report_survives_hostile_rows(capsys, store_url):
+    """Rows with escape codes, NUL and absurd figures (written directly, as by an older
+    gateway): `tooti usage` prints sane numbers and no control character, never a traceback."""
+    from tests.test_store import exec_raw
+
+    store_call(store_url, "migrate")
+    for n, model in enumerate(("\x1b[2J\x1b]0;pwned\x07", "fine")):
+        exec_raw(
+            store_url,
+            "INSERT INTO usage (request_id, at, key_prefix, namespace, node_peer_id, model,"
+            " prompt_tokens, completion_tokens, latency_ms, status, gateway_id) VALUES"
+            f" ('h{n}', '2026-03-01T00:00:00.000000+00:00', 'k', '', 'p', '{model}',"
+            f" {2**63 - 1}, {2**63 - 1}, 1, 200, 'g')",
+        )
+    store_call(
+        store_url,
+        "record_usage",
+        [UsageRow("h2", datetime.now(UTC), "k", "", "p", "m\x00", 2**63, -1, 1, 200)],
+    )
+    code, out, err = cli(capsys, store_url, "usage")
+    assert code == 0, err
+    assert not any(ch in out for ch in "\x1b\x07\x00")
+    assert "1000000000" in out
+    code, out, err = cli(capsys, store_url, "usage", "--json")
+    assert code == 0 and all(r["prompt_tokens"] <= 10**9 for r in json.loads(out))

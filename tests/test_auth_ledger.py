@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -311,3 +312,216 @@ async def test_ledger_final_flush_is_bounded(flaky, inner, caplog):
     assert trio.current_time() - started < 2
     assert ledger.pending == 3
     assert any("3 usage rows unwritten" in r.getMessage() for r in caplog.records)
+
+
+# -- a ledger that cannot be jammed -------------------------------------------------------------
+
+
+class PoisonStore(FlakyStore):
+    """Refuses, like a driver would for bad content, every batch holding a "poison" row."""
+
+    def __init__(self, inner: Store) -> None:
+        super().__init__(inner)
+        self.refused = 0
+
+    async def record_usage(self, rows: Sequence[UsageRow]) -> None:
+        if any(r.model == "poison" for r in rows) and not self.down:
+            self.refused += 1
+            raise ValueError("invalid byte sequence (test)")
+        await super().record_usage(rows)
+
+    async def record_dead_letters(self, rows: Sequence[tuple[UsageRow, str]]) -> None:
+        if self.down:
+            raise StoreUnavailable("database is down (test)")
+        await self.inner.record_dead_letters(rows)
+
+
+async def test_one_bad_row_never_blocks_the_rest(inner):
+    store = PoisonStore(inner)
+    ledger = Ledger(store, gateway_id="gw", batch_size=200, flush_interval=0.02)  # type: ignore[arg-type]
+    poison = {17, 450, 999}
+    async with trio.open_nursery() as nursery:
+        await nursery.start(ledger.run)
+        for i in range(1000):
+            r = row(i)
+            ledger.record(dataclasses.replace(r, model="poison") if i in poison else r)
+        await wait_until(lambda: ledger.pending == 0, timeout=30)
+        nursery.cancel_scope.cancel()
+    assert await inner.count_usage() == 997
+    assert await inner.count_dead_letters() == 3
+    stats = ledger.stats()
+    assert stats["dead_lettered"] == 3 and stats["written"] == 997 and stats["pending"] == 0
+    assert stats["lost"] == 0 and stats["last_flush_latency_ms"] is not None
+    # bisection: about 2 * log2(200) refusals per bad row, not one per row
+    assert store.refused <= 3 * 2 * 9
+
+
+async def test_outage_during_a_split_dead_letters_nothing(inner):
+    store = PoisonStore(inner)
+    ledger = Ledger(store, gateway_id="gw", batch_size=50, flush_interval=0.02, max_backoff=0.05)  # type: ignore[arg-type]
+    async with trio.open_nursery() as nursery:
+        await nursery.start(ledger.run)
+        store.down = False
+        for i in range(20):
+            ledger.record(row(i))
+        ledger.record(dataclasses.replace(row(20), model="poison"))
+        store.down = True  # the database fails while the ledger splits the refused batch
+        await wait_until(lambda: not ledger.db_ok)
+        assert await inner.count_dead_letters() == 0 and ledger.pending == 21
+        store.down = False
+        await wait_until(lambda: ledger.pending == 0)
+        nursery.cancel_scope.cancel()
+    assert await inner.count_usage() == 20 and await inner.count_dead_letters() == 1
+
+
+async def test_hostile_values_are_recorded_clamped_and_counted(store_url):
+    """NUL in the model name (PostgreSQL refuses NUL in text) and absurd token claims: the
+    row is stored, cleaned and flagged; the other rows are unaffected; the sums are sane."""
+    store = await open_store(store_url)
+    try:
+        ledger = Ledger(store, gateway_id="gw", flush_interval=0.02)
+        claims = [10**12, 2**63 - 1, -5, 2**64]
+        async with trio.open_nursery() as nursery:
+            await nursery.start(ledger.run)
+            ledger.record(dataclasses.replace(row(0), model="bad\x00model"))
+            for i, claim in enumerate(claims, start=1):
+                ledger.record(dataclasses.replace(row(i), prompt_tokens=claim, completion_tokens=claim))
+            ledger.record(row(9))
+            await wait_until(lambda: ledger.pending == 0)
+            nursery.cancel_scope.cancel()
+        assert await store.count_usage() == 6 and await store.count_dead_letters() == 0
+        assert ledger.stats()["clamped"] == 4 and ledger.stats()["normalised"] == 1
+        by_id = {
+            r[0]: r[1:]
+            for r in raw_rows(
+                store_url, "SELECT request_id, model, prompt_tokens, completion_tokens, flags FROM usage"
+            )
+        }
+        assert by_id["req-0"][0] == "badmodel" and "text_normalised" in str(by_id["req-0"][3])
+        assert by_id["req-1"][1:3] == (10**9, 10**9) and "usage_clamped" in str(by_id["req-1"][3])
+        assert by_id["req-3"][1:3] == (0, 0)
+        summary = await store.usage_summary()
+        assert sum(s.prompt_tokens for s in summary) == 3 * 10**9 + 2 * 3  # three clamped, two sane
+    finally:
+        await store.aclose()
+
+
+# -- namespace verifiers in the gateway's accounts -------------------------------------------------
+
+
+async def test_namespace_verifiers_are_cached_and_changes_reported(inner):
+    from tooti.gateway.accounts import StoreAccounts
+
+    accounts = StoreAccounts(inner, KeyCache(inner), Ledger(inner, gateway_id="gw"))
+    changes: list[set[str]] = []
+    changed = trio.Event()
+
+    def on_change(names: set[str]) -> None:
+        nonlocal changed
+        changes.append(names)
+        changed.set()
+
+    accounts.on_namespace_change(on_change)
+    accounts.on_namespace_change(lambda names: 1 / 0)  # a failing callback changes nothing
+
+    async def next_change() -> set[str]:
+        nonlocal changed
+        with trio.fail_after(10):
+            await changed.wait()
+        changed = trio.Event()
+        return changes.pop()
+
+    await inner.create_namespace("a")
+    await inner.create_namespace("b")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(accounts.refresh_namespaces)
+        await wait_until(lambda: accounts.namespaces == {"a", "b"})
+        first = await accounts.namespace_check("a")
+        assert first is not None and first == accounts.verifiers["a"]
+
+        await inner.rotate_namespace_key("a")
+        assert await next_change() == {"a"}
+        second = await accounts.namespace_check("a")
+        assert second is not None and second.revision != first.revision
+        await inner.set_allowed_peers("b", ["peer-1"])
+        assert await next_change() == {"b"}
+        await inner.delete_namespace("b")
+        assert await next_change() == {"b"}
+        assert await accounts.namespace_check("b") is None
+        # a namespace created a moment ago is found before the cache knows it
+        await inner.create_namespace("c")
+        assert (await accounts.namespace_check("c")) is not None
+        nursery.cancel_scope.cancel()
+    assert not changes
+
+
+async def test_namespace_check_during_an_outage(inner):
+    from tooti.gateway.accounts import StoreAccounts
+
+    class Down:
+        async def namespace_verifier(self, name: str) -> None:
+            raise StoreUnavailable("down (test)")
+
+    await inner.create_namespace("a")
+    accounts = StoreAccounts(inner, KeyCache(inner), Ledger(inner, gateway_id="gw"))
+    accounts._apply_verifiers(await inner.namespace_verifiers())
+    cached = accounts.verifiers["a"]
+    accounts.store = Down()  # type: ignore[assignment]
+    accounts._verifiers_at = trio.current_time() - 60  # stale: would be re-read if it could
+    assert await accounts.namespace_check("a") == cached  # served from the cache, like keys
+    with pytest.raises(StoreUnavailable):
+        await accounts.namespace_check("unknown")
+
+
+async def test_accounts_record_keeps_both_ids_and_the_source(inner, tmp_path):
+    from tooti.gateway.accounts import StoreAccounts
+
+    ledger = Ledger(inner, gateway_id="gw")
+    accounts = StoreAccounts(inner, KeyCache(inner), ledger)
+    common = {"key": None, "namespace": "", "node_peer_id": "p", "model": "m", "latency_ms": 1, "status": 200}
+    # the same client id twice: two requests, two rows (the ledger's identity is the gateway's id)
+    for n, flags in enumerate(("", "estimated", "delivered,clamped")):
+        accounts.record(
+            request_id=f"gw-req-{n}",
+            client_request_id="client-chosen",
+            prompt_tokens=10**12,
+            completion_tokens=3,
+            usage_flags=flags,
+            **common,
+        )
+    accounts.record(
+        request_id="gw-req-3",
+        usage_source="counted",
+        flags=["client_disconnected"],
+        prompt_tokens=1,
+        completion_tokens=1,
+        **common,
+    )
+    await ledger.flush()
+    rows = raw_rows(
+        f"sqlite:///{tmp_path / 'tooti.db'}",
+        "SELECT request_id, client_request_id, usage_source, flags, prompt_tokens FROM usage ORDER BY request_id",
+    )
+    assert rows == [
+        ("gw-req-0", "client-chosen", "backend", "usage_clamped", 10**9),
+        ("gw-req-1", "client-chosen", "estimated", "estimated,usage_clamped", 10**9),
+        ("gw-req-2", "client-chosen", "counted", "clamped,delivered,usage_clamped", 10**9),
+        ("gw-req-3", "", "counted", "client_disconnected", 1),
+    ]
+
+
+async def test_made_up_namespace_names_cannot_flood_the_store(inner):
+    from tooti.gateway.accounts import StoreAccounts
+
+    class Counting:
+        calls = 0
+
+        async def namespace_verifier(self, name: str) -> None:
+            Counting.calls += 1
+
+    accounts = StoreAccounts(inner, KeyCache(inner), Ledger(inner, gateway_id="gw"))
+    accounts._apply_verifiers(await inner.namespace_verifiers())  # a fresh, empty cache
+    accounts.store = Counting()  # type: ignore[assignment]
+    for i in range(500):
+        assert await accounts.namespace_check(f"made-up-{i}") is None
+    assert Counting.calls <= 10

@@ -25,6 +25,7 @@ from tooti.config import (
     load_node_config,
     run_check,
 )
+from tooti.p2p import keys
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "tests" / "data" / "config"
@@ -47,11 +48,14 @@ def write(tmp_path: Path, text: str, name: str = "c.yaml") -> Path:
     return path
 
 
+NETWORK_ID = "tooti-net-pub-v1:d8SsgN1fa5sREd4oqTbPYELm05J05RdZRklkLuQaoEo"
+
+
 def node_yaml(node_extra: str = "", rest: str = "") -> str:
     return (
         "node:\n  identity_key_file: node.key\n"
         + node_extra
-        + f"network:\n  bootstrap: [{BOOTSTRAP}]\nbackend:\n  type: loopback\n"
+        + f"network:\n  id: {NETWORK_ID}\n  bootstrap: [{BOOTSTRAP}]\nbackend:\n  type: loopback\n"
         + rest
     )
 
@@ -66,7 +70,7 @@ def test_minimal_node_gets_defaults() -> None:
     assert cfg.node.name == socket.gethostname()
     assert cfg.node.identity_key_file == DATA / "node.key"  # relative to the file
     assert cfg.node.namespace == ""
-    assert cfg.node.namespace_secret is None
+    assert cfg.node.namespace_key is None
     assert cfg.node.max_concurrency == 4
     assert cfg.network.bootstrap == (BOOTSTRAP,)
     assert cfg.network.listen == ()
@@ -83,12 +87,13 @@ def test_minimal_node_gets_defaults() -> None:
 
 
 def test_full_node_values_and_env_expansion(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("TOOTI_TEST_NS_SECRET", "abc")
+    key = keys.generate(keys.NAMESPACE_PRIVATE)
+    monkeypatch.setenv("TOOTI_TEST_NS_KEY_BODY", key.split(":", 1)[1])
     monkeypatch.setenv("TOOTI_TEST_API_KEY", SECRET)
     cfg = load_node_config(DATA / "good_node_full.yaml")
     assert cfg.node.name == "box-7"
     assert cfg.node.namespace == "team_a-1"
-    assert cfg.node.namespace_secret == "pre-abc-post"  # embedded reference
+    assert cfg.node.namespace_key == key  # embedded reference
     assert cfg.node.max_concurrency == 16
     assert len(cfg.network.bootstrap) == 2
     assert cfg.network.listen == ("/ip4/0.0.0.0/tcp/4002", "/ip6/::/tcp/4002")
@@ -150,8 +155,13 @@ def test_configs_build_without_a_file() -> None:
 @pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.glob("*.yaml")))
 def test_example_configs_pass(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     path = CONFIGS / name
+    net_key = keys.generate(keys.NETWORK_PRIVATE)
+    real = {
+        "TOOTI_NETWORK_ID": keys.public_of(net_key, keys.NETWORK_PRIVATE, keys.NETWORK_PUBLIC),
+        "TOOTI_NAMESPACE_KEY": keys.generate(keys.NAMESPACE_PRIVATE),
+    }
     for var in re.findall(r"\$\{(\w+)\}", path.read_text()):
-        monkeypatch.setenv(var, "example-value")
+        monkeypatch.setenv(var, real.get(var, "example-value"))
     kind, problems = check_file(path)
     assert problems == []
     assert kind == ("gateway" if name.startswith("gateway") else "node")
@@ -175,28 +185,34 @@ def test_example_configs_pass_config_check_without_environment(name: str) -> Non
         assert f"environment variable {var} is not set" in done.stdout
 
 
-def test_require_env_names_file_line_and_key() -> None:
-    path = CONFIGS / "node.yaml"
-    env = {k: v for k, v in os.environ.items() if k not in _env_vars(path)}
+def _where(path: Path, var: str) -> tuple[int, str]:
+    """(line, dotted key) of the value that references ${var}: `section:` then `  key:`."""
+    section = ""
+    for i, text in enumerate(path.read_text().splitlines(), 1):
+        if text and not text.startswith((" ", "#")):
+            section = text.split(":")[0]
+        if "${" + var + "}" in text.split("#")[0]:
+            return i, f"{section}.{text.strip().split(':')[0]}"
+    raise AssertionError(var)
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.glob("*.yaml")))
+def test_require_env_names_file_line_and_key(name: str) -> None:
+    path = CONFIGS / name
+    variables = _env_vars(path)
+    assert variables, "every shipped config references at least one ${VAR}"
+    env = {k: v for k, v in os.environ.items() if k not in variables}
     done = _cli("-file", str(path), "--require-env", env_replace=env)
     assert done.returncode == 1, done.stdout
-    lines = path.read_text().splitlines()
-    secret_line = next(i for i, t in enumerate(lines, 1) if "TOOTI_NAMESPACE_SECRET" in t)
-    key_line = next(i for i, t in enumerate(lines, 1) if "${BACKEND_API_KEY}" in t)
     out = done.stdout.splitlines()
-    assert (
-        f"{path}:{secret_line}: node.namespace_secret: environment variable TOOTI_NAMESPACE_SECRET is not set"
-        in out
-    )
-    assert f"{path}:{key_line}: backend.api_key: environment variable BACKEND_API_KEY is not set" in out
+    for var in variables:
+        line, key = _where(path, var)
+        assert f"{path}:{line}: {key}: environment variable {var} is not set" in out, out
     # JSON output carries the same, as problems.
     done = _cli("-file", str(path), "--require-env", "--json", env_replace=env)
     report = json.loads(done.stdout)
     assert report["valid"] is False and report["warnings"] == []
-    assert {(p["line"], p["key"]) for p in report["problems"]} == {
-        (secret_line, "node.namespace_secret"),
-        (key_line, "backend.api_key"),
-    }
+    assert {(p["line"], p["key"]) for p in report["problems"]} == {_where(path, v) for v in variables}
 
 
 def test_unset_env_is_a_warning_by_default_and_an_error_at_load() -> None:
@@ -205,14 +221,14 @@ def test_unset_env_is_a_warning_by_default_and_an_error_at_load() -> None:
     assert run_check(str(path), as_json=True, out=out) == 0
     report = json.loads(out.getvalue())
     assert report["valid"] is True and report["problems"] == []
-    assert [(w["line"], w["key"]) for w in report["warnings"]] == [(4, "node.namespace_secret")]
+    assert [(w["line"], w["key"]) for w in report["warnings"]] == [(4, "node.namespace_key")]
     assert run_check(str(path), as_json=False, require_env=True, out=io.StringIO()) == 1
     with pytest.raises(ConfigError, match="TOOTI_TEST_SURELY_UNSET is not set"):
         load_node_config(path)
 
 
 def test_warning_does_not_hide_a_real_problem(tmp_path: Path) -> None:
-    path = write(tmp_path, node_yaml("  namespace_secret: ${TOOTI_TEST_SURELY_UNSET}\n  bogus: 1\n"))
+    path = write(tmp_path, node_yaml("  namespace_key: ${TOOTI_TEST_SURELY_UNSET}\n  bogus: 1\n"))
     out = io.StringIO()
     assert run_check(str(path), as_json=False, out=out) == 1
     text = out.getvalue()
@@ -231,7 +247,8 @@ def test_node_start_refuses_without_its_environment(tmp_path: Path) -> None:
         env={**env, "PYTHONPATH": str(ROOT)},
     )
     assert done.returncode == 1
-    assert "environment variable TOOTI_NAMESPACE_SECRET is not set" in done.stderr
+    for var in _env_vars(path):
+        assert f"environment variable {var} is not set" in done.stderr
 
 
 def test_gateway_start_refuses_without_its_environment() -> None:
@@ -246,7 +263,8 @@ def test_gateway_start_refuses_without_its_environment() -> None:
         env={**env, "PYTHONPATH": str(ROOT)},
     )
     assert done.returncode == 1
-    assert "environment variable TOOTI_DB_PASSWORD is not set" in done.stderr
+    for var in _env_vars(path):
+        assert f"environment variable {var} is not set" in done.stderr
 
 
 def test_example_configs_exist() -> None:
@@ -262,22 +280,22 @@ BAD = [
     ("bad_bool_int.yaml", "node", "node.max_concurrency", 3, "expected an integer, got a boolean"),
     ("bad_missing_key.yaml", "node", "node.identity_key_file", 1, "missing required key"),
     ("bad_missing_section.yaml", "node", "network", None, "missing required section"),
-    ("bad_bootstrap_multiaddr.yaml", "node", "network.bootstrap[1]", 6, "not a valid multiaddr"),
-    ("bad_bootstrap_no_peer.yaml", "node", "network.bootstrap[0]", 5, "/p2p/<peer id>"),
-    ("bad_peer_id.yaml", "node", "network.bootstrap[0]", 5, "Invalid CID"),
-    ("bad_bootstrap_empty.yaml", "node", "network.bootstrap", 4, "at least 1"),
-    ("bad_listen_multiaddr.yaml", "node", "network.listen[0]", 5, "not a valid multiaddr"),
-    ("bad_url.yaml", "node", "backend.base_url", 7, "http:// or https://"),
-    ("bad_missing_base_url.yaml", "node", "backend.base_url", 5, "missing required key"),
-    ("bad_enum.yaml", "node", "backend.type", 6, "did you mean 'ollama'"),
+    ("bad_bootstrap_multiaddr.yaml", "node", "network.bootstrap[1]", 7, "not a valid multiaddr"),
+    ("bad_bootstrap_no_peer.yaml", "node", "network.bootstrap[0]", 6, "/p2p/<peer id>"),
+    ("bad_peer_id.yaml", "node", "network.bootstrap[0]", 6, "Invalid CID"),
+    ("bad_bootstrap_empty.yaml", "node", "network.bootstrap", 5, "at least 1"),
+    ("bad_listen_multiaddr.yaml", "node", "network.listen[0]", 6, "not a valid multiaddr"),
+    ("bad_url.yaml", "node", "backend.base_url", 8, "http:// or https://"),
+    ("bad_missing_base_url.yaml", "node", "backend.base_url", 6, "missing required key"),
+    ("bad_enum.yaml", "node", "backend.type", 7, "did you mean 'ollama'"),
     ("bad_namespace.yaml", "node", "node.namespace", 3, "must be 1-63 characters"),
-    ("bad_float.yaml", "node", "heartbeat.interval_sec", 8, "greater than 0"),
-    ("bad_float_type.yaml", "node", "models.refresh_sec", 8, "expected a number, got a string"),
-    ("bad_duplicate.yaml", "node", "node", 7, "duplicate key (first set on line 1)"),
+    ("bad_float.yaml", "node", "heartbeat.interval_sec", 9, "greater than 0"),
+    ("bad_float_type.yaml", "node", "models.refresh_sec", 9, "expected a number, got a string"),
+    ("bad_duplicate.yaml", "node", "node", 8, "duplicate key (first set on line 1)"),
     (
         "bad_env_unset.yaml",
         "node",
-        "node.namespace_secret",
+        "node.namespace_key",
         4,
         "environment variable TOOTI_TEST_SURELY_UNSET is not set",
     ),
@@ -290,7 +308,7 @@ BAD = [
     ("bad_db_url.yaml", "gateway", "database.url", 3, "must start with sqlite:///"),
     ("bad_gateway_bootstrap.yaml", "gateway", "network.bootstrap[0]", 4, "/p2p/<peer id>"),
     ("bad_timeouts_order.yaml", "gateway", "timeouts.first_token_sec", 3, "must not exceed total_sec"),
-    ("bad_syntax.yaml", None, "", 5, "invalid YAML"),
+    ("bad_syntax.yaml", None, "", 6, "invalid YAML"),
     ("bad_not_mapping.yaml", None, "", 1, "top level must be a mapping"),
     ("bad_empty.yaml", None, "", None, "file is empty"),
     ("bad_both_kinds.yaml", None, "", 1, "both node: and gateway:"),
@@ -321,9 +339,9 @@ def test_all_problems_reported_at_once() -> None:
     assert found == [
         (3, "node.max_concurrency"),
         (4, "node.colour"),
-        (7, "network.bootstrap[0]"),
-        (10, "backend.base_url"),
-        (12, "timeouts.total_sec"),
+        (8, "network.bootstrap[0]"),
+        (11, "backend.base_url"),
+        (13, "timeouts.total_sec"),
     ]
     assert str(info.value).splitlines() == [str(p) for p in info.value.problems]
 
@@ -356,7 +374,7 @@ def test_int_accepted_for_float_but_not_float_for_int(tmp_path: Path) -> None:
 def test_list_expected(tmp_path: Path) -> None:
     path = write(tmp_path, node_yaml(rest="models:\n  allow: llama3\n"))
     (problem,) = check_file(path)[1]
-    assert (problem.key, problem.line) == ("models.allow", 8)
+    assert (problem.key, problem.line) == ("models.allow", 9)
     assert "expected a list" in problem.message
 
 
@@ -372,8 +390,8 @@ def test_string_expected_suggests_quotes(tmp_path: Path) -> None:
 
 
 def test_malformed_env_reference(tmp_path: Path) -> None:
-    (problem,) = check_file(write(tmp_path, node_yaml("  namespace_secret: ${OOPS\n")))[1]
-    assert problem.key == "node.namespace_secret"
+    (problem,) = check_file(write(tmp_path, node_yaml("  namespace_key: ${OOPS\n")))[1]
+    assert problem.key == "node.namespace_key"
     assert "malformed" in problem.message
 
 
@@ -511,7 +529,7 @@ def test_secret_values_never_printed(tmp_path: Path, monkeypatch: pytest.MonkeyP
     node = write(
         tmp_path,
         node_yaml(
-            "  namespace_secret: ${TOOTI_TEST_SECRET}\n  bogus: 1\n",
+            "  namespace_key: ${TOOTI_TEST_SECRET}\n  bogus: 1\n",
             "backend:\n  type: openai\n  base_url: http://x/\n  api_key: key-${TOOTI_TEST_SECRET}\n",
         ),
         "node.yaml",

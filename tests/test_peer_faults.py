@@ -1,9 +1,10 @@
 """Malformed frames from a peer: the stream is reset and counted, the process keeps serving.
 
-The test process runs its own libp2p host playing a gateway (it welcomes the node on the
-control stream), then sends the node garbage on an inference stream, and then a valid
-request on a fresh stream, which must still be answered. The other direction: garbage on a
-real gateway's control stream must not stop that gateway from serving.
+The test process runs its own libp2p host playing a member gateway (``tests._attack``: it
+holds a certificate of the test network, so the node joins it), then sends the node garbage
+on an inference stream, and then a valid request on a fresh stream, which must still be
+answered. The other direction: garbage on a real gateway's control stream must not stop that
+gateway from serving, and a Hello claiming another peer id is refused.
 """
 
 from __future__ import annotations
@@ -16,43 +17,27 @@ import trio
 from multiaddr import Multiaddr
 
 from tests import _procs
-from tooti.p2p import protocols
+from tests._attack import FakeGateway, member_key
+from tooti.p2p import membership, protocols
 from tooti.p2p.framing import FrameReader, encode
-from tooti.p2p.host import build_host, peer_of
+from tooti.p2p.host import build_host
 from tooti.p2p.identity import load_or_create
 from tooti.wire import pb
 
 
 async def test_node_survives_garbage_from_its_gateway(tmp_path: Path) -> None:
-    host = build_host(load_or_create(tmp_path / "fake-gw.key"))
-    port = _procs.free_port()
-    joined: trio.Event = trio.Event()
-    node_peer: list = []
-
-    async def control(stream) -> None:  # type: ignore[no-untyped-def]
-        reader = FrameReader(stream)
-        hello = await reader.read_frame(pb.ControlFrame)
-        assert hello is not None and hello.WhichOneof("kind") == "hello"
-        await stream.write(
-            encode(
-                pb.GatewayControl(welcome=pb.Welcome(accepted=True, gateway_peer_id=host.get_id().to_bytes()))
-            )
-        )
-        node_peer.append(peer_of(stream))
-        joined.set()
-        while await reader.fill():
-            pass
-
-    host.set_stream_handler(protocols.CONTROL, control)
-    async with host.run(listen_addrs=[Multiaddr(f"/ip4/127.0.0.1/tcp/{port}")]):
-        gw = _procs.Gateway(None, "", f"/ip4/127.0.0.1/tcp/{port}/p2p/{host.get_id()}", tmp_path)  # type: ignore[arg-type]
+    fake = FakeGateway(tmp_path, "gw", network_key=member_key())  # a member: the node joins it
+    host = fake.host
+    async with fake.running():
         node = await trio.to_thread.run_sync(
-            lambda: _procs.start_node(tmp_path, "n", gateways=[gw], backend={"type": "loopback"}, wait=False)
+            lambda: _procs.start_node(
+                tmp_path, "n", gateways=[fake.gateway], backend={"type": "loopback"}, wait=False
+            )
         )
         try:
             with trio.fail_after(30):
-                await joined.wait()
-            peer = node_peer[0]
+                await fake.seen.joined.wait()
+            peer = fake.seen.node_peers[0]
             # 1. A frame length far beyond the limit, then junk.
             bad = await host.new_stream(peer, [protocols.INFERENCE])
             await bad.write(b"\xff\xff\xff\xff\x0f" + b"junk" * 10)
@@ -94,7 +79,6 @@ async def test_node_survives_garbage_from_its_gateway(tmp_path: Path) -> None:
             assert "bad frame" in node.proc.log.read_text()
         finally:
             await trio.to_thread.run_sync(node.proc.stop)
-            await host.close()
 
 
 async def test_gateway_survives_garbage_on_control_stream(tmp_path: Path) -> None:
@@ -124,7 +108,12 @@ async def test_gateway_survives_garbage_on_control_stream(tmp_path: Path) -> Non
                 seq=1,
             )
             await s.write(encode(pb.ControlFrame(hello=pb.Hello(announcement=ann))))
-            answer = await FrameReader(s).read_frame(pb.GatewayControl)
+            reader = FrameReader(s, max_frame=1 << 20)
+            intro = await reader.read_frame(pb.GatewayControl)  # any Hello is answered with one
+            assert intro is not None and intro.WhichOneof("kind") == "intro"
+            trust = membership.Trust(_procs.network()[1])
+            assert trust.check_record(intro.intro.record, peer=info.peer_id.to_bytes())  # a member
+            answer = await reader.read_frame(pb.GatewayControl)
             assert answer is not None and answer.WhichOneof("kind") == "welcome"
             assert not answer.welcome.accepted and "peer id" in answer.welcome.reason
             await host.close()

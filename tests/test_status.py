@@ -52,7 +52,11 @@ def test_render_is_terminal_safe() -> None:
 def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     tmp = tmp_path_factory.mktemp("status")
     gw = _procs.start_gateway(tmp, auth="open")
-    node = _procs.start_node(tmp, "n", gateways=[gw], backend={"type": "loopback"}, node={"name": EVIL})
+    # Gateways refuse unprintable node names at join; the table is made safe on its own too
+    # (test_render_is_terminal_safe), for a gateway that does not.
+    node = _procs.start_node(
+        tmp, "n", gateways=[gw], backend={"type": "loopback"}, node={"name": "status-node"}
+    )
     wait_for_models(gw.base_url, {"loopback"})
     yield {"gw": gw, "node": node, "tmp": tmp}
     node.proc.stop()
@@ -63,12 +67,11 @@ def _status(tmp: Path, name: str, *args: str) -> _procs.Proc:
     return _procs.Proc([sys.executable, "-m", "tooti", "status", *args], log=tmp / f"{name}.log")
 
 
-def test_status_table_from_a_hostile_node_name(net: dict) -> None:
+def test_status_table(net: dict) -> None:
     proc = _status(net["tmp"], "once", "--gateway", net["gw"].http)
     assert proc.popen.wait(30) == 0
     text = "\n".join(line for line in proc._lines if line != "\0eof")
-    assert "\x1b" not in text and "\x07" not in text
-    assert "evil]0;pwned[2Jname" in text and "live" in text
+    assert "status-node" in text and "live" in text and "1 node(s)" in text
 
 
 def test_status_json(net: dict) -> None:
@@ -76,7 +79,7 @@ def test_status_json(net: dict) -> None:
     assert proc.popen.wait(30) == 0
     doc = json.loads("\n".join(line for line in proc._lines if line != "\0eof"))
     (node,) = doc["data"]
-    assert node["name"] == EVIL  # JSON is data: kept exact, and escaped by the encoder
+    assert node["name"] == "status-node"
     assert node["peer_id"] == net["node"].peer_id
 
 

@@ -56,6 +56,14 @@ def _namespace(ctx: _yp.Ctx, node: yaml.Node, path: str) -> Any:
 _ENV_REF_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
+class Deferred(str):
+    """A value whose ``${NAME}`` references could not be expanded: checked offline (CI),
+    without the deployment's environment. Checkers that validate a value's content pass it
+    through unchecked; only start-up, which requires the environment, sees the real value."""
+
+    __slots__ = ()
+
+
 def _expand_env(ctx: _yp.Ctx, node: yaml.Node, path: str, raw: str) -> Any:
     """Replace ``${NAME}`` references in ``raw`` with environment values.
 
@@ -75,7 +83,9 @@ def _expand_env(ctx: _yp.Ctx, node: yaml.Node, path: str, raw: str) -> Any:
         ctx.report(node, path, "malformed ${...} reference; write ${NAME} using letters, digits and '_'")
     if len(ctx.problems) > before:
         return _yp.INVALID
-    return _ENV_REF_RE.sub(lambda m: os.environ.get(m.group(1), m.group(0)), raw)
+    if any(name not in os.environ for name in _ENV_REF_RE.findall(raw)):
+        return Deferred(raw)
+    return _ENV_REF_RE.sub(lambda m: os.environ[m.group(1)], raw)
 
 
 def _secret(ctx: _yp.Ctx, node: yaml.Node, path: str) -> Any:
@@ -228,7 +238,7 @@ def _database_url(ctx: _yp.Ctx, node: yaml.Node, path: str) -> Any:
         # must not fail the load.  The override is checked in _gateway_post.
         return raw
     url = _expand_env(ctx, node, path, raw)
-    if url is _yp.INVALID or _is_db_url(url):
+    if url is _yp.INVALID or isinstance(url, Deferred) or _is_db_url(url):
         return url
     return ctx.report(node, path, _DB_URL_RULE)  # the URL itself may hold a password
 
@@ -266,3 +276,41 @@ def _timeouts_post(
             _yp.join(path, "first_token_sec"),
             f"must not exceed total_sec ({total:g})",
         )
+
+
+def _file_path(ctx: _yp.Ctx, node: yaml.Node, path: str) -> Any:
+    """A file path, resolved against the config file's folder (existence checked at start)."""
+    text = _yp.nonempty_string(ctx, node, path)
+    if text is _yp.INVALID:
+        return text
+    resolved = Path(text).expanduser()
+    return resolved if resolved.is_absolute() else ctx.base_dir / resolved
+
+
+def _network_id(ctx: _yp.Ctx, node: yaml.Node, path: str) -> Any:
+    """A network id: the network's public key, ``tooti-net-pub-v1:...`` (may be ${ENV})."""
+    from tooti.p2p import keys
+
+    value = _secret(ctx, node, path)
+    if value is _yp.INVALID or isinstance(value, Deferred):
+        return value
+    try:
+        return keys.check_public(value, keys.NETWORK_PUBLIC)
+    except keys.KeyFormatError as exc:
+        return ctx.report(node, path, f"not a network id ({exc}); `tooti network init` prints one")
+
+
+def _namespace_key(ctx: _yp.Ctx, node: yaml.Node, path: str) -> Any:
+    """A namespace private key, ``tooti-ns-key-v1:...`` (usually ${ENV}); never echoed."""
+    from tooti.p2p import keys
+
+    value = _secret(ctx, node, path)
+    if value is _yp.INVALID or isinstance(value, Deferred):
+        return value
+    try:
+        keys.public_of(value, keys.NAMESPACE_PRIVATE, keys.NAMESPACE_PUBLIC)
+    except (keys.KeyFormatError, ValueError):
+        return ctx.report(
+            node, path, "not a namespace private key (tooti-ns-key-v1:...; see `tooti namespace create`)"
+        )
+    return value.strip()

@@ -15,150 +15,29 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import re
 import sys
-from collections.abc import Awaitable, Callable, Sequence
-from datetime import UTC, datetime, timedelta
+from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import trio
 
-from .store import (
-    AlreadyExists,
-    NotFound,
-    Store,
-    StoreUnavailable,
-    open_store,
+from . import admin_namespace
+from ._admin_common import (
+    DEFAULT_DATABASE_URL,
+    database_url,
+    fmt_time,
+    note,
+    parse_day,
+    parse_duration,
+    print_table,
+    with_store,
 )
+from .store import Store, StoreUnavailable, open_store
 
-__all__ = ["main", "register"]
+__all__ = ["DEFAULT_DATABASE_URL", "main", "parse_duration", "register"]
 
-DEFAULT_DATABASE_URL = "sqlite:///tooti.db"
 _ONCE = "This secret is shown only once and cannot be recovered; store it now."
-_DURATION_RE = re.compile(r"^(\d+)([smhdw])$")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-
-
-def _database_url(args: argparse.Namespace) -> str:
-    return args.database_url or os.environ.get("TOOTI_DATABASE_URL") or DEFAULT_DATABASE_URL
-
-
-def _note(message: str) -> None:
-    print(message, file=sys.stderr)
-
-
-def _with_store(args: argparse.Namespace, body: Callable[[Store], Awaitable[int]]) -> int:
-    """Open the store, run ``body``, close; map store errors to exit codes."""
-
-    async def run() -> int:
-        store = await open_store(_database_url(args))
-        try:
-            return await body(store)
-        finally:
-            await store.aclose()
-
-    try:
-        return trio.run(run)
-    except StoreUnavailable as exc:
-        _note(f"error: database unavailable: {exc}")
-        return 3
-    except (NotFound, AlreadyExists) as exc:
-        _note(f"error: {exc}")
-        return 1
-    except (ValueError, TypeError) as exc:
-        _note(f"error: {exc}")
-        return 2
-
-
-def _fmt_time(dt: datetime | None) -> str:
-    return "-" if dt is None else dt.strftime("%Y-%m-%d %H:%M:%SZ")
-
-
-def _print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    cells = [list(headers)] + [[str(c) for c in row] for row in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    for row in cells:
-        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)).rstrip())
-
-
-def parse_duration(text: str) -> timedelta:
-    """Parse "30d", "12h", "90m", "45s" or "2w" into a timedelta."""
-    match = _DURATION_RE.match(text.strip())
-    if not match or int(match.group(1)) == 0:
-        raise argparse.ArgumentTypeError(f"invalid duration {text!r} (e.g. 30d, 12h, 90m)")
-    return timedelta(seconds=int(match.group(1)) * _UNITS[match.group(2)])
-
-
-def _parse_day(text: str) -> datetime:
-    try:
-        return datetime.strptime(text, "%Y-%m-%d").replace(tzinfo=UTC)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid date {text!r} (use YYYY-MM-DD)") from None
-
-
-# -- namespace ----------------------------------------------------------------
-
-
-def _cmd_namespace_create(args: argparse.Namespace) -> int:
-    secret: str | None = None
-    if args.secret_stdin:
-        secret = sys.stdin.readline().rstrip("\r\n")
-        if len(secret) < 8:
-            _note("error: the secret read from stdin must be at least 8 characters")
-            return 2
-
-    async def body(store: Store) -> int:
-        ns, plaintext = await store.create_namespace(
-            args.name, owner=args.owner, secret=secret, allowed_peers=args.allow_peer
-        )
-        _note(f"created namespace {ns.name!r}")
-        if secret is None:
-            _note(_ONCE)
-            print(plaintext)
-        return 0
-
-    return _with_store(args, body)
-
-
-def _cmd_namespace_list(args: argparse.Namespace) -> int:
-    async def body(store: Store) -> int:
-        rows = [
-            (
-                ns.name,
-                ns.owner or "-",
-                ",".join(ns.allowed_peer_ids) or "-",
-                _fmt_time(ns.created_at),
-                _fmt_time(ns.rotated_at),
-            )
-            for ns in await store.list_namespaces()
-        ]
-        _print_table(("NAME", "OWNER", "ALLOWED PEERS", "CREATED", "ROTATED"), rows)
-        return 0
-
-    return _with_store(args, body)
-
-
-def _cmd_namespace_rotate(args: argparse.Namespace) -> int:
-    async def body(store: Store) -> int:
-        plaintext = await store.rotate_namespace_secret(args.name)
-        _note(f"rotated the secret of namespace {args.name!r}; the old one no longer works")
-        _note(_ONCE)
-        print(plaintext)
-        return 0
-
-    return _with_store(args, body)
-
-
-def _cmd_namespace_delete(args: argparse.Namespace) -> int:
-    async def body(store: Store) -> int:
-        if not await store.delete_namespace(args.name):
-            _note(f"error: no namespace named {args.name!r}")
-            return 1
-        _note(f"deleted namespace {args.name!r}")
-        return 0
-
-    return _with_store(args, body)
 
 
 # -- apikey -------------------------------------------------------------------
@@ -173,12 +52,12 @@ def _cmd_apikey_create(args: argparse.Namespace) -> int:
         key, plaintext = await store.create_api_key(
             owner=args.owner, namespaces=args.namespace, models=args.model, expires_at=expires
         )
-        _note(f"created API key {key.prefix} (expires: {_fmt_time(key.expires_at)})")
-        _note(_ONCE)
+        note(f"created API key {key.prefix} (expires: {fmt_time(key.expires_at)})")
+        note(_ONCE)
         print(plaintext)
         return 0
 
-    return _with_store(args, body)
+    return with_store(args, body)
 
 
 def _cmd_apikey_list(args: argparse.Namespace) -> int:
@@ -193,26 +72,26 @@ def _cmd_apikey_list(args: argparse.Namespace) -> int:
                     ",".join(key.namespaces) or "*",
                     ",".join(key.models) or "*",
                     status,
-                    _fmt_time(key.created_at),
-                    _fmt_time(key.expires_at),
+                    fmt_time(key.created_at),
+                    fmt_time(key.expires_at),
                 )
             )
         headers = ("PREFIX", "OWNER", "NAMESPACES", "MODELS", "STATUS", "CREATED", "EXPIRES")
-        _print_table(headers, rows)
+        print_table(headers, rows)
         return 0
 
-    return _with_store(args, body)
+    return with_store(args, body)
 
 
 def _cmd_apikey_revoke(args: argparse.Namespace) -> int:
     async def body(store: Store) -> int:
         if not await store.revoke_api_key(args.prefix):
-            _note(f"error: no active API key with prefix {args.prefix!r}")
+            note(f"error: no active API key with prefix {args.prefix!r}")
             return 1
-        _note(f"revoked API key {args.prefix}")
+        note(f"revoked API key {args.prefix}")
         return 0
 
-    return _with_store(args, body)
+    return with_store(args, body)
 
 
 # -- db / usage ---------------------------------------------------------------
@@ -220,7 +99,7 @@ def _cmd_apikey_revoke(args: argparse.Namespace) -> int:
 
 def _cmd_db_migrate(args: argparse.Namespace) -> int:
     async def run() -> list[int]:
-        store = await open_store(_database_url(args), migrate=False)
+        store = await open_store(database_url(args), migrate=False)
         try:
             return await store.migrate()
         finally:
@@ -229,7 +108,7 @@ def _cmd_db_migrate(args: argparse.Namespace) -> int:
     try:
         applied = trio.run(run)
     except StoreUnavailable as exc:
-        _note(f"error: database unavailable: {exc}")
+        note(f"error: database unavailable: {exc}")
         return 3
     print(f"applied migrations: {', '.join(map(str, applied))}" if applied else "schema up to date")
     return 0
@@ -247,19 +126,29 @@ def _cmd_usage(args: argparse.Namespace) -> int:
                     "requests": s.requests,
                     "prompt_tokens": s.prompt_tokens,
                     "completion_tokens": s.completion_tokens,
+                    "total_tokens": s.prompt_tokens + s.completion_tokens,
+                    "flagged_requests": s.flagged_requests,
                 }
                 for s in summary
             ]
             print(json.dumps(out, indent=2))
             return 0
         rows = [
-            (s.day.isoformat(), s.key_prefix, s.model, s.requests, s.prompt_tokens, s.completion_tokens)
+            (
+                s.day.isoformat(),
+                s.key_prefix,
+                s.model,
+                s.requests,
+                s.prompt_tokens,
+                s.completion_tokens,
+                s.flagged_requests,
+            )
             for s in summary
         ]
-        _print_table(("DAY", "KEY", "MODEL", "REQUESTS", "PROMPT", "COMPLETION"), rows)
+        print_table(("DAY", "KEY", "MODEL", "REQUESTS", "PROMPT", "COMPLETION", "FLAGGED"), rows)
         return 0
 
-    return _with_store(args, body)
+    return with_store(args, body)
 
 
 # -- wiring -------------------------------------------------------------------
@@ -284,28 +173,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         sub = parser.add_subparsers(dest=f"{name}_command", metavar="COMMAND", required=True)
         return sub
 
-    ns = group("namespace", "manage namespaces and their secrets")
-    p = leaf(ns, "create", _cmd_namespace_create, "create a namespace (prints its secret once)")
-    p.add_argument("name")
-    p.add_argument("--owner", default="")
-    p.add_argument(
-        "--secret-stdin",
-        action="store_true",
-        help="read a chosen secret from stdin instead of generating one",
-    )
-    p.add_argument(
-        "--allow-peer",
-        action="append",
-        default=[],
-        metavar="PEER",
-        help="peer id admitted without the secret (repeatable)",
-    )
-    leaf(ns, "list", _cmd_namespace_list, "list namespaces (never shows secrets)")
-    leaf(ns, "rotate", _cmd_namespace_rotate, "replace a namespace secret").add_argument("name")
-    leaf(ns, "delete", _cmd_namespace_delete, "delete a namespace").add_argument("name")
+    admin_namespace.register(group("namespace", "manage namespaces and their keys"), leaf)
 
-    keys = group("apikey", "manage gateway API keys")
-    p = leaf(keys, "create", _cmd_apikey_create, "create an API key (prints it once)")
+    apikeys = group("apikey", "manage gateway API keys")
+    p = leaf(apikeys, "create", _cmd_apikey_create, "create an API key (prints it once)")
     p.add_argument("--owner", default="")
     p.add_argument(
         "--namespace",
@@ -328,15 +199,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="DURATION",
         help="lifetime such as 30d, 12h, 90m (default: never expires)",
     )
-    leaf(keys, "list", _cmd_apikey_list, "list API keys (prefixes only)")
-    leaf(keys, "revoke", _cmd_apikey_revoke, "revoke an API key").add_argument("prefix")
+    leaf(apikeys, "list", _cmd_apikey_list, "list API keys (prefixes only)")
+    leaf(apikeys, "revoke", _cmd_apikey_revoke, "revoke an API key").add_argument("prefix")
 
     db = group("db", "database maintenance")
     leaf(db, "migrate", _cmd_db_migrate, "apply pending schema migrations")
 
     p = leaf(subparsers, "usage", _cmd_usage, "show usage per key, day and model")
     p.add_argument("--key", default=None, metavar="PREFIX", help="only this API key prefix")
-    p.add_argument("--since", type=_parse_day, default=None, metavar="YYYY-MM-DD")
+    p.add_argument("--since", type=parse_day, default=None, metavar="YYYY-MM-DD")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
 

@@ -82,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_cmd_status)
 
+    from tooti import network_cli
+
+    network_cli.register(sub)
     try:
         from tooti import admin_cli
     except ImportError:  # the accounts layer is optional for a node-only install
@@ -166,7 +169,7 @@ def _find(exc: BaseException, kind: type[BaseException]) -> BaseException | None
 
 
 def _cmd_gateway_start(args: argparse.Namespace) -> int:
-    from tooti import logs
+    from tooti import config, logs
     from tooti.gateway.serve import serve_gateway
 
     cfg = _load("gateway", args.file)
@@ -181,8 +184,14 @@ def _cmd_gateway_start(args: argparse.Namespace) -> int:
                 flush=True,
             )
 
-    trio.run(_main)
-    return 0
+    failed = False
+    try:
+        trio.run(_main)
+    except* config.ConfigError as group:
+        failed = True
+        for exc in group.exceptions:
+            print(f"cannot start:\n{exc}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def _cmd_up(args: argparse.Namespace) -> int:

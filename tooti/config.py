@@ -7,7 +7,7 @@ duplicate keys, out-of-range numbers, malformed multiaddrs and URLs, and
 unusable key files are all reported, each with file, line and dotted key path,
 and *all* problems in a file are reported at once.
 
-Secrets (``node.namespace_secret``, ``backend.api_key``, ``database.url``) may
+Secrets (``node.namespace_key``, ``backend.api_key``, ``database.url``) may
 reference environment variables as ``${NAME}``, as the whole value or inside
 it.  Expanded secret values never appear in any message or ``repr``.
 
@@ -34,6 +34,7 @@ from tooti._config_checks import (
     _backend_post,
     _database_url,
     _Entries,
+    _file_path,
     _host_port,
     _http_url,
     _is_db_url,
@@ -42,6 +43,8 @@ from tooti._config_checks import (
     _models_post,
     _multiaddr,
     _namespace,
+    _namespace_key,
+    _network_id,
     _secret,
     _split_host_port,
     _timeouts_post,
@@ -104,7 +107,8 @@ class NodeSection:
     name: str = field(default_factory=socket.gethostname)
     identity_key_file: Path = Path("node.key")
     namespace: str = ""  # "" is the public pool
-    namespace_secret: str | None = field(default=None, repr=False)
+    # The namespace's private key (``tooti-ns-key-v1:...``); only its public half is stored.
+    namespace_key: str | None = field(default=None, repr=False)
     max_concurrency: int = 4
 
 
@@ -114,6 +118,7 @@ class NodeNetwork:
 
     bootstrap: tuple[str, ...] = ()
     listen: tuple[str, ...] = ()  # empty: the node only dials out
+    id: str = ""  # the network id (tooti-net-pub-v1:...): only its certified gateways are joined
 
 
 @dataclass(frozen=True)
@@ -198,6 +203,13 @@ class GatewayNetwork:
     listen: tuple[str, ...] = ("/ip4/0.0.0.0/tcp/4001",)
     bootstrap: tuple[str, ...] = ()
     announce: tuple[str, ...] = ()
+    id: str = ""  # the network id (tooti-net-pub-v1:...)
+    # This gateway's certificate (``tooti network admit-gateway``), or the network's private
+    # key itself, with which a gateway admits itself (one-operator networks, ``tooti up``).
+    certificate_file: Path | None = None
+    key_file: Path | None = None
+    revocations_file: Path | None = None
+    max_connections: int = 10_000  # live libp2p connections (nodes + peer gateways)
 
 
 @dataclass(frozen=True)
@@ -315,7 +327,7 @@ _NODE_SCHEMA = _yp.Section(
                     "name": _yp.Field(_yp.nonempty_string),
                     "identity_key_file": _yp.Field(_key_file, required=True),
                     "namespace": _yp.Field(_namespace),
-                    "namespace_secret": _yp.Field(_secret),
+                    "namespace_key": _yp.Field(_namespace_key),
                     "max_concurrency": _yp.Field(_yp.integer(1)),
                 },
             ),
@@ -327,6 +339,7 @@ _NODE_SCHEMA = _yp.Section(
                 {
                     "bootstrap": _yp.Field(_yp.list_of(_multiaddr(peer_id=True), min_items=1), required=True),
                     "listen": _yp.Field(_yp.list_of(_multiaddr(peer_id=False))),
+                    "id": _yp.Field(_network_id, required=True),
                 },
             ),
         ),
@@ -391,6 +404,11 @@ _GATEWAY_SCHEMA = _yp.Section(
                     "listen": _yp.Field(_yp.list_of(_multiaddr(peer_id=False))),
                     "bootstrap": _yp.Field(_yp.list_of(_multiaddr(peer_id=True))),
                     "announce": _yp.Field(_yp.list_of(_multiaddr(peer_id=False))),
+                    "id": _yp.Field(_network_id),
+                    "certificate_file": _yp.Field(_file_path),
+                    "key_file": _yp.Field(_file_path),
+                    "revocations_file": _yp.Field(_file_path),
+                    "max_connections": _yp.Field(_yp.integer(16, 1_000_000)),
                 },
             )
         ),

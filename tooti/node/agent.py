@@ -1,10 +1,17 @@
-"""The node agent: joins gateways (outbound only), keeps them informed, serves inference.
+"""The node agent: joins the network's gateways (outbound only), keeps them informed, serves.
 
-For each gateway it knows (its bootstrap list, plus the gateways those tell it about) the
-agent runs one session task: dial, open the control stream, send ``Hello`` (announcement +
-namespace proof), and on ``Welcome`` send a heartbeat every ``heartbeat.interval_sec`` — or
-at once when its models change. When the connection drops the session retries with jittered
-exponential backoff. Inference streams are accepted only from gateways currently joined.
+For each gateway it may join — the configured bootstrap addresses, and the member gateways
+whose signed records those vouch for — the agent runs one session task: dial, open the
+control stream, send ``Hello``, and check the gateway's ``Intro``: its record must carry a
+certificate from the configured network, for the peer at the other end of the connection,
+current and not revoked. Only then does the node prove its namespace (a signature over the
+gateway's fresh nonce) and, once welcomed, send heartbeats and accept inference streams from
+that gateway. A gateway that is not a member is never proven to, served, or passed on.
+
+Failures are per gateway: a refusal or a dead gateway backs off that session alone (own
+jittered backoff, capped at :data:`BACKOFF_MAX`, and py-libp2p's negative dial cache lifted
+before each redial, so a restarted gateway is rejoined within seconds). The agent exits only
+at start-up, when every configured gateway refused this node's credentials.
 """
 
 from __future__ import annotations
@@ -12,19 +19,18 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Iterable
-from typing import Any
+from collections.abc import Iterable
 
 import trio
-from libp2p.abc import IHost
-from libp2p.network.stream.exceptions import StreamError
+from libp2p.abc import IHost, INetStream
+from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import info_from_p2p_addr
 from multiaddr import Multiaddr
 
 import tooti
-from tooti.p2p import protocols
+from tooti.p2p import keys, membership, protocols
 from tooti.p2p.framing import FrameError, FrameReader, encode
-from tooti.store import proof
+from tooti.p2p.host import allow_redial, reset_quietly
 from tooti.wire import pb
 
 from .backends.base import Backend, BackendError
@@ -32,12 +38,28 @@ from .stats import NodeStats
 
 log = logging.getLogger("tooti.node")
 
-_BACKOFF_MIN = 0.25
-_BACKOFF_MAX = 10.0
+BACKOFF_MIN = 0.1
+#: Longest wait between redials of a gateway that went away (it may be restarting).
+BACKOFF_MAX = 1.0
+#: Wait before retrying a gateway that refused this node or is not a member.
+REFUSED_BACKOFF = (5.0, 60.0)
+#: Largest frame a gateway may send on the control stream (a full list of member records).
+CONTROL_MAX_FRAME = membership.MAX_GATEWAYS * membership.MAX_RECORD_BYTES + 64 * 1024
+#: How often a joined gateway's certificate is re-checked (expiry, revocation).
+CERT_RECHECK = 1.0
+_HANDSHAKE_TIMEOUT = 10.0
 
 
 class NamespaceRefused(Exception):
-    """A gateway refused this node's namespace proof: the node must serve nothing."""
+    """Every configured gateway refused this node's namespace credentials."""
+
+
+class _Refused(Exception):
+    """This gateway refused us or is not a member: back off from it, longer."""
+
+    def __init__(self, reason: str, *, credentials: bool) -> None:
+        super().__init__(reason)
+        self.credentials = credentials
 
 
 class NodeAgent:
@@ -47,9 +69,10 @@ class NodeAgent:
         backend: Backend,
         stats: NodeStats,
         *,
+        trust: membership.Trust,
         name: str,
         namespace: str,
-        namespace_secret: str | None,
+        namespace_key: str | None,
         bootstrap: Iterable[str],
         allow: Iterable[str] | None,
         heartbeat_interval: float,
@@ -58,9 +81,11 @@ class NodeAgent:
         self.host = host
         self.backend = backend
         self.stats = stats
+        self.trust = trust
+        self.book = membership.GatewayBook(trust)
         self.name = name
         self.namespace = namespace
-        self._secret = namespace_secret or ""
+        self._key = namespace_key or ""
         self._bootstrap = list(bootstrap)
         self._allow = set(allow) if allow is not None else None
         self._hb_interval = heartbeat_interval
@@ -69,19 +94,16 @@ class NodeAgent:
         self.backend_healthy = False
         self.joined: dict[str, str] = {}  # gateway peer id -> address
         self._sessions: set[str] = set()  # peer ids with a session task
+        self._credential_refusals: set[str] = set()  # bootstrap gateways that refused our key
         self._seq = 0
         self._changed = trio.Event()
         self.ready = trio.Event()  # set once joined to at least one gateway
-        #: publishes heartbeats on the gossip topic; None: heartbeats go on control streams only
-        self.gossip: Callable[[pb.Announcement], Awaitable[None]] | None = None
-        self._streams: dict[str, Any] = {}  # joined gateway -> control stream
-        #: DHT hooks (set by run_node): seed a joined gateway, list gateways with addresses
-        self.dht_seed: Callable[[str], Awaitable[None]] | None = None
-        self.dht_gateways: Callable[[], Awaitable[list[str]]] | None = None
+        self._refused_all = trio.Event()
 
     # -- what other parts ask -------------------------------------------------------------
 
     def is_gateway(self, peer_id: str) -> bool:
+        """True for a member gateway this node joined and whose certificate still holds."""
         return peer_id in self.joined
 
     def announcement(self) -> pb.Announcement:
@@ -106,22 +128,33 @@ class NodeAgent:
     # -- running ----------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Run until cancelled; raises NamespaceRefused when a gateway rejects the namespace."""
+        """Run until cancelled; raises NamespaceRefused when every configured gateway refused
+        this node's credentials before it joined any."""
         await self.refresh_models()
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             nursery.start_soon(self._refresh_loop)
-            nursery.start_soon(self._heartbeat_loop)
-            nursery.start_soon(self._dht_loop)
+            nursery.start_soon(self._watch_refusals)
             for addr in self._bootstrap:
-                self._start_session(addr)
+                self._start_session(addr, bootstrap=True)
 
-    def _start_session(self, addr: str) -> None:
+    async def _watch_refusals(self) -> None:
+        await self._refused_all.wait()
+        if not self.ready.is_set():
+            raise NamespaceRefused(
+                f"every configured gateway refused this node's credentials for namespace '{self.namespace}'"
+            )
+
+    def _start_session(self, addr: str, *, bootstrap: bool = False) -> None:
         peer = addr.rsplit("/p2p/", 1)[-1]
         if peer in self._sessions or peer == str(self.host.get_id()):
             return
         self._sessions.add(peer)
-        self._nursery.start_soon(self._session_loop, addr, peer)
+        self._nursery.start_soon(self._session_loop, addr, peer, bootstrap)
+
+    def _join_members(self) -> None:
+        for m in self.book.members():
+            self._start_session(m.addrs[0])
 
     async def refresh_models(self) -> None:
         try:
@@ -146,113 +179,117 @@ class NodeAgent:
             )
             await self.refresh_models()
 
-    async def _session_loop(self, addr: str, peer: str) -> None:
-        delay = _BACKOFF_MIN
+    async def _session_loop(self, addr: str, peer: str, bootstrap: bool) -> None:
+        delay = BACKOFF_MIN
+        refused_delay = REFUSED_BACKOFF[0]
+        lost_logged = False
         while True:
             started = trio.current_time()
             try:
                 await self._session(addr, peer)
-            except NamespaceRefused:
-                raise
-            except (OSError, StreamError, FrameError, Exception) as exc:  # noqa: BLE001 - retried
-                log.info("gateway %s: %s: %s", peer, type(exc).__name__, exc or "connection lost")
+            except _Refused as exc:
+                log.warning("gateway %s refused or is not a member: %s", peer, exc)
+                if exc.credentials and bootstrap:
+                    self._credential_refusals.add(peer)
+                    if self._credential_refusals >= {a.rsplit("/p2p/", 1)[-1] for a in self._bootstrap}:
+                        self._refused_all.set()
+                await trio.sleep(refused_delay * (0.5 + random.random()))
+                refused_delay = min(REFUSED_BACKOFF[1], refused_delay * 2)
+                continue
+            except (OSError, FrameError, Exception) as exc:  # noqa: BLE001 - the gateway is gone; redial
+                # Expected while a gateway restarts: one line when it is lost, not one per redial.
+                if not lost_logged:
+                    log.info("gateway %s: %s: %s", peer, type(exc).__name__, exc or "connection lost")
+                    lost_logged = True
+            else:
+                lost_logged = False
             finally:
                 self.joined.pop(peer, None)
+            if not bootstrap and self.book.get(peer) is None:
+                # A learned gateway whose record expired or was revoked: stop trying it.
+                self._sessions.discard(peer)
+                return
             if trio.current_time() - started > 30:
-                delay = _BACKOFF_MIN  # it was up for a while: come back quickly
+                delay = BACKOFF_MIN  # it was up for a while: come back quickly
             await trio.sleep(delay * (0.5 + random.random()))
-            delay = min(_BACKOFF_MAX, delay * 2)
+            delay = min(BACKOFF_MAX, delay * 2)
 
     async def _session(self, addr: str, peer: str) -> None:
         info = info_from_p2p_addr(Multiaddr(addr))
-        await self.host.connect(info)
-        stream = await self.host.new_stream(info.peer_id, [protocols.CONTROL])
+        allow_redial(self.host, info.peer_id)
+        with trio.fail_after(_HANDSHAKE_TIMEOUT):
+            await self.host.connect(info)
+            stream = await self.host.new_stream(info.peer_id, [protocols.CONTROL])
         try:
-            await stream.write(encode(pb.ControlFrame(hello=pb.Hello(announcement=self.announcement()))))
-            reader = FrameReader(stream)
-            msg = await reader.read_frame(pb.GatewayControl)
-            if msg is not None and msg.WhichOneof("kind") == "challenge":
-                await stream.write(
-                    encode(
-                        pb.ControlFrame(
-                            proof=pb.Proof(mac=await self._prove(msg.challenge, info.peer_id.to_bytes()))
-                        )
-                    )
-                )
-                msg = await reader.read_frame(pb.GatewayControl)
-            if msg is None or msg.WhichOneof("kind") != "welcome":
-                raise ConnectionError("gateway closed the control stream")
-            welcome = msg.welcome
-            if not welcome.accepted:
-                log.error("gateway %s refused this node: %s", peer, welcome.reason)
-                raise NamespaceRefused(welcome.reason)
+            reader = FrameReader(stream, max_frame=CONTROL_MAX_FRAME)
+            with trio.fail_after(_HANDSHAKE_TIMEOUT):
+                member = await self._handshake(stream, reader, info.peer_id)
             self.joined[peer] = addr
+            lost = "connection closed"
             log.info("joined gateway %s", peer)
             self.ready.set()
-            for other in welcome.gateways:
-                self._start_session(other)
-            self._streams[peer] = stream
-            try:
-                # After Welcome the gateway sends only updates of the gateway list; the end of
-                # the stream means the gateway (or the path to it) is gone.
+            self._join_members()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._heartbeats, stream)
+                nursery.start_soon(self._recheck, member, nursery.cancel_scope)
+                # After Welcome the gateway sends only membership updates; the end of the
+                # stream means the gateway (or the path to it) is gone.
                 while (update := await reader.read_frame(pb.GatewayControl)) is not None:
-                    for other in update.welcome.gateways:
-                        self._start_session(other)
-            finally:
-                self._streams.pop(peer, None)
+                    if update.WhichOneof("kind") != "gateways":
+                        raise FrameError("only gateway lists may follow Welcome")
+                    self.book.offer_list(update.gateways)
+                    self._join_members()
+                nursery.cancel_scope.cancel()
+            raise ConnectionError(lost)
         finally:
-            with trio.CancelScope(shield=True), trio.move_on_after(1):
-                try:
-                    await stream.reset()
-                except Exception:  # noqa: BLE001 - best effort
-                    pass
+            await reset_quietly(stream)
 
-    async def _dht_loop(self, *, interval: float = 30.0) -> None:
-        """Find gateways through the DHT (every gateway provides a well-known key) and join
-        those not joined yet; the gateways this node joined are its DHT entry points."""
-        if self.dht_seed is None or self.dht_gateways is None:
-            return
-        await self.ready.wait()
-        seeded: set[str] = set()
-        while True:
-            for peer in set(self.joined) - seeded:
-                await self.dht_seed(peer)
-                seeded.add(peer)
-            for addr in await self.dht_gateways():
-                if addr.rsplit("/p2p/", 1)[-1] not in self._sessions:
-                    log.info("found gateway %s in the DHT", addr)
-                    self._start_session(addr)
-            await trio.sleep(interval)
-
-    async def _prove(self, c: pb.Challenge, gateway_peer: bytes) -> bytes:
-        """Answer a namespace challenge without revealing the secret (``tooti.store.proof``)."""
-        ch = proof.Challenge(c.nonce, c.scheme, c.salt, c.time_cost, c.memory_cost, c.parallelism, c.hash_len)
+    async def _handshake(self, stream: INetStream, reader: FrameReader, gateway: ID) -> membership.Member:
+        await stream.write(encode(pb.ControlFrame(hello=pb.Hello(announcement=self.announcement()))))
+        first = await reader.read_frame(pb.GatewayControl)
+        if first is None or first.WhichOneof("kind") != "intro":
+            raise FrameError("gateway did not introduce itself")
+        intro = first.intro
+        if intro.HasField("revocations"):
+            self.trust.offer_revocations(intro.revocations)
         try:
-            # argon2 takes tens of milliseconds: keep it off the event loop.
-            key = await trio.to_thread.run_sync(proof.key_for, self._secret, ch)
-        except ValueError as exc:
-            raise NamespaceRefused(f"cannot answer the gateway's challenge: {exc}") from None
-        return proof.answer(key, ch, self.namespace, self.host.get_id().to_bytes(), gateway_peer)
+            member = self.trust.check_record(intro.record, peer=gateway.to_bytes())
+        except membership.MembershipError as exc:
+            raise _Refused(f"not a gateway of this network ({exc})", credentials=False) from None
+        self.book.offer(intro.record)
+        if self.namespace:
+            signature = b""
+            if self._key:
+                signature = keys.prove_namespace(
+                    self._key, intro.nonce, self.namespace, self.host.get_id().to_bytes(), gateway.to_bytes()
+                )
+            await stream.write(encode(pb.ControlFrame(proof=pb.Proof(signature=signature))))
+        reply = await reader.read_frame(pb.GatewayControl)
+        if reply is None or reply.WhichOneof("kind") != "welcome":
+            raise ConnectionError("gateway closed the control stream")
+        welcome = reply.welcome
+        if not welcome.accepted:
+            raise _Refused(welcome.reason[:200], credentials=welcome.credentials_refused)
+        self.book.offer_list(welcome.gateways)
+        return member
 
-    async def _heartbeat_loop(self) -> None:
-        """One heartbeat per interval (or at once on a change), signed, on the gossip topic;
-        every gateway subscribed hears it. Control streams carry it only when gossip cannot
-        (no gateway subscribed yet, or gossip disabled)."""
+    async def _recheck(self, member: membership.Member, scope: trio.CancelScope) -> None:
+        """Leave a gateway once its certificate expires or it is revoked."""
+        while True:
+            await trio.sleep(CERT_RECHECK)
+            if member.not_after_ms <= membership.now_ms() or self.trust.is_revoked(
+                ID.from_base58(member.peer_id).to_bytes()
+            ):
+                log.warning(
+                    "gateway %s is no longer a member (certificate expired or revoked)", member.peer_id
+                )
+                self.joined.pop(member.peer_id, None)
+                scope.cancel()
+                return
+
+    async def _heartbeats(self, stream: INetStream) -> None:
+        """One heartbeat per interval, or at once when the models or health change."""
         while True:
             with trio.move_on_after(self._hb_interval):
                 await self._changed.wait()
-            if not self._streams:
-                continue
-            ann = self.announcement()
-            if self.gossip is not None:
-                try:
-                    await self.gossip(ann)
-                    continue
-                except Exception as exc:  # noqa: BLE001 - fall back to the control streams
-                    log.debug("gossip heartbeat failed: %s", exc)
-            frame = encode(pb.ControlFrame(heartbeat=ann))
-            for stream in list(self._streams.values()):
-                try:
-                    await stream.write(frame)
-                except Exception:  # noqa: BLE001 - that session notices and reconnects
-                    pass
+            await stream.write(encode(pb.ControlFrame(heartbeat=self.announcement())))

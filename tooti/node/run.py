@@ -10,13 +10,11 @@ from typing import TYPE_CHECKING
 
 import httpx
 import trio
-from libp2p.peer.id import ID
 from multiaddr import Multiaddr
 
 from tooti.config import NodeConfig
-from tooti.p2p import protocols
-from tooti.p2p.discovery import Discovery
-from tooti.p2p.host import build_host, dialable, guarded
+from tooti.p2p import membership, protocols
+from tooti.p2p.host import build_host, guarded, harden
 from tooti.p2p.identity import load_or_create
 
 from .agent import NodeAgent
@@ -29,15 +27,6 @@ if TYPE_CHECKING:
     from trio_typing import TaskStatus  # the stubs mypy reads for trio (installed with libp2p)
 
 log = logging.getLogger("tooti.node")
-
-
-async def _gateway_addrs(discovery: Discovery) -> list[str]:
-    out = []
-    for info in await discovery.find_gateways():
-        addrs = dialable([str(a) for a in info.addrs], str(info.peer_id))
-        if addrs:
-            out.append(addrs[0])  # one address is enough to join
-    return out
 
 
 async def run_node(cfg: NodeConfig, *, task_status: TaskStatus[NodeAgent] = trio.TASK_STATUS_IGNORED) -> None:
@@ -65,9 +54,10 @@ async def run_node(cfg: NodeConfig, *, task_status: TaskStatus[NodeAgent] = trio
             host,
             backend,
             stats,
+            trust=membership.Trust(cfg.network.id),
             name=cfg.node.name or socket.gethostname(),
             namespace=cfg.node.namespace or "",
-            namespace_secret=cfg.node.namespace_secret,
+            namespace_key=cfg.node.namespace_key,
             bootstrap=cfg.network.bootstrap,
             allow=cfg.models.allow,
             heartbeat_interval=cfg.heartbeat.interval_sec,
@@ -81,17 +71,14 @@ async def run_node(cfg: NodeConfig, *, task_status: TaskStatus[NodeAgent] = trio
             default_timeout=cfg.timeouts.total_sec,
         )
         host.set_stream_handler(protocols.INFERENCE, guarded("inference")(service.handle_stream))
-        # Built before any connection exists: pubsub learns of peers from connection events.
-        discovery = Discovery(host, role="node")
-        agent.gossip = discovery.publish_heartbeat
-        agent.dht_seed = lambda peer: discovery.add_peer(ID.from_base58(peer))
-        agent.dht_gateways = lambda: _gateway_addrs(discovery)
+        # identify and ping (libp2p's own) behind the same guard as tooti's protocols. A node
+        # runs no pubsub and no DHT: it talks to gateways over its control streams only.
+        harden(host)
         listen = [Multiaddr(a) for a in cfg.network.listen]
         async with host.run(listen_addrs=listen):
             log.info("node %s (peer %s) starting, backend %s", agent.name, host.get_id(), cfg.backend.type)
             try:
                 async with trio.open_nursery() as nursery:
-                    await nursery.start(discovery.run)
                     if cfg.metrics.listen:
                         urls = await nursery.start(
                             serve_metrics, cfg.metrics.listen, node_registry(stats, agent)

@@ -8,27 +8,13 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable
 
-import libp2p.kad_dht.common as _kad_common
-import libp2p.kad_dht.kad_dht as _kad_dht
-import libp2p.kad_dht.peer_routing as _kad_routing
-import libp2p.kad_dht.provider_store as _kad_providers
-import libp2p.kad_dht.value_store as _kad_values
 from libp2p.abc import IHost
 from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
 
+from tooti.p2p import _patches  # noqa: F401 - the DHT protocol id must be ours before any KadDHT
 from tooti.p2p.protocols import DHT_PROTOCOL
-
-# py-libp2p 0.8.1 speaks /ipfs/kad/1.0.0 whatever `protocol_prefix` says: each module
-# imported the constant by value, so each copy is replaced. Speaking our own id keeps
-# tooti's records out of the public IPFS DHT and IPFS peers out of our routing tables.
-# Process-wide on purpose: every DHT in a tooti process is the tooti DHT. Importing
-# this module before any KadDHT is built (discovery.py does) makes it take effect.
-for _module in (_kad_common, _kad_dht, _kad_routing, _kad_providers, _kad_values):
-    if not hasattr(_module, "PROTOCOL_ID"):  # a libp2p upgrade moved it: fail loudly
-        raise ImportError(f"{_module.__name__}.PROTOCOL_ID not found; re-check the DHT patch")
-    _module.PROTOCOL_ID = DHT_PROTOCOL  # type: ignore[attr-defined]
 
 
 def new_dht(host: IHost, *, server: bool) -> KadDHT:
@@ -84,16 +70,7 @@ def _is_dht_server(host: IHost, peer: ID) -> bool:
         return False
 
 
-def model_key(name: str) -> str:
-    """The DHT provider key for a model name.
-
-    py-libp2p parses provider keys as a CID, then hex, then UTF-8; a sha2-256 multihash in
-    hex ("12" = sha2-256, "20" = 32 bytes) is the one form that is unambiguous.
-    """
-    return "1220" + hashlib.sha256(b"tooti/model/" + name.encode()).hexdigest()
-
-
-#: the DHT key every gateway provides, so a node that knows one gateway finds all of them
+#: the DHT key every gateway provides, so a gateway that knows one member finds the others
 GATEWAYS_KEY = "1220" + hashlib.sha256(b"tooti/gateways").hexdigest()
 
 

@@ -11,23 +11,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-import libp2p.pubsub.pubsub as _pubsub_module
 from google.protobuf.message import DecodeError
 from libp2p.abc import IHost
 from libp2p.peer.id import ID
 from libp2p.pubsub.gossipsub import PROTOCOL_ID_V11, PROTOCOL_ID_V12, GossipSub
 from libp2p.pubsub.pb import rpc_pb2
 from libp2p.pubsub.pubsub import Pubsub
-from multiaddr import Multiaddr
 
 from tooti.wire import pb
 
 log = logging.getLogger("tooti.p2p.discovery")
-
-#: Messages a subscription buffers before pubsub drops new ones with a warning. The
-#: default (32) is less than one second of heartbeats from a 200-node network; 4096 is
-#: ~20 s of them, room for a drain task stalled by a slow callback.
-SUBSCRIPTION_BUFFER = 4096
 
 # A topic validator: (neighbour that handed the message over, message) -> accept?
 Validator = Callable[[ID, rpc_pb2.Message], bool]
@@ -88,45 +81,18 @@ def new_gossipsub(host: IHost, *, rate_limit: float) -> tuple[GossipSub, Pubsub]
     return router, service
 
 
-def use_subscription_buffer() -> None:
-    """Make the next ``Pubsub.subscribe`` buffer :data:`SUBSCRIPTION_BUFFER` messages.
-
-    py-libp2p reads the module global when it creates a subscription's channel and has no
-    per-call argument. Process-wide, and harmless: every tooti subscription wants it.
-    """
-    _pubsub_module.SUBSCRIPTION_CHANNEL_SIZE = SUBSCRIPTION_BUFFER
+#: Largest gossip payload accepted: one gateway record.
+MAX_RECORD_BYTES = 4096
 
 
-def parse_heartbeat(msg: rpc_pb2.Message) -> pb.Announcement | None:
-    """The Announcement in ``msg`` if it parses and names its verified publisher, else None."""
+def parse_record(msg: rpc_pb2.Message) -> pb.GatewayRecord | None:
+    """The GatewayRecord in ``msg`` if it is small and parses, else None (not yet verified)."""
+    if len(msg.data) > MAX_RECORD_BYTES:
+        return None
     try:
-        ann = pb.Announcement.FromString(msg.data)
+        return pb.GatewayRecord.FromString(msg.data)
     except DecodeError:
         return None
-    return ann if ann.peer_id == msg.from_id else None
-
-
-def parse_gateway(msg: rpc_pb2.Message) -> list[str] | None:
-    """The addresses announced in ``msg`` if valid, else None.
-
-    Valid: a ``Welcome`` whose ``gateway_peer_id`` is the verified publisher, with at least
-    one address, each a multiaddr ending in ``/p2p/<that publisher>``. The last rule stops
-    a gateway from pointing nodes at some other peer under its own name.
-    """
-    try:
-        welcome = pb.Welcome.FromString(msg.data)
-    except DecodeError:
-        return None
-    if welcome.gateway_peer_id != msg.from_id or not welcome.gateways:
-        return None
-    sender = ID(msg.from_id).to_base58()
-    for addr in welcome.gateways:
-        try:
-            if Multiaddr(addr).get_peer_id() != sender:
-                return None
-        except Exception:  # noqa: BLE001 - any unparsable address makes the message invalid
-            return None
-    return list(welcome.gateways)
 
 
 def counting_validator(

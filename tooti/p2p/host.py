@@ -19,7 +19,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import libp2p
-import libp2p.network.swarm as _swarm
 import trio
 from libp2p.abc import IHost, INetStream
 from libp2p.crypto.keys import KeyPair
@@ -32,10 +31,9 @@ from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
 
-log = logging.getLogger("tooti.p2p")
+from tooti.p2p import _patches  # noqa: F401 - module-level libp2p patches, applied on import
 
-# See module docstring: one address per peer, so there is nothing to race.
-_swarm._HAPPY_EYEBALLS_DELAY = 0
+log = logging.getLogger("tooti.p2p")
 
 # yamux caps open outbound streams per connection at 256 and then blocks silently; tooti
 # bounds its own concurrency per node far below this and raises the cap so that the bound
@@ -56,7 +54,7 @@ def _route_libp2p_logs() -> None:
     logging.getLogger("libp2p.kad_dht").setLevel(logging.ERROR)
 
 
-def build_host(key_pair: KeyPair) -> IHost:
+def build_host(key_pair: KeyPair, *, max_connections: int = 10_000) -> IHost:
     """A new, not yet running host. Run it with ``async with host.run(listen_addrs=[...])``;
     an empty list is fine for a peer that only dials out."""
     _route_libp2p_logs()
@@ -67,13 +65,67 @@ def build_host(key_pair: KeyPair) -> IHost:
         muxer_opt={TProtocol(YAMUX_PROTOCOL_ID): Yamux},
         connection_config=ConnectionConfig(
             max_connections_per_peer=1,
+            # Live connections at once: a gateway holds one per node and per peer gateway.
+            # The connection manager's trimming watermarks must sit at or below it.
+            max_connections=max_connections,
+            high_watermark=max_connections,
             min_connections=0,
             low_watermark=0,
             auto_connect_interval=3600.0,
         ),
     )
     disable_auto_connector(host)
+    _return_inbound_slots(host)
     return host
+
+
+def _return_inbound_slots(host: IHost) -> None:
+    # py-libp2p 0.8.1 takes an inbound-limiter slot per connection and gives it back only when
+    # the swarm stops, not when the connection closes: a gateway that has seen
+    # max_connections connections in its life admits no more. The live connection count is
+    # enforced separately (at upgrade and registration, against max_connections), so the
+    # lifetime limiter is made too large to bite; the real bound stays max_connections.
+    swarm = host.get_network()
+    if hasattr(swarm, "_inbound_limiter"):
+        swarm._inbound_limiter = trio.CapacityLimiter(2**31)
+
+
+def allow_redial(host: IHost, peer: ID) -> None:
+    """Lift py-libp2p's negative dial cache for ``peer``: after its addresses all failed once,
+    the swarm refuses to dial it for up to a minute, longer than tooti's own backoff (a
+    restarted gateway must be rejoined within seconds)."""
+    unblock = getattr(host.get_network(), "unblock_peer", None)
+    if unblock is not None:
+        unblock(peer)
+
+
+Admit = Callable[[ID], Awaitable[bool]]
+
+
+def harden(host: IHost, *, members_only: tuple[TProtocol, ...] = (), admit: Admit | None = None) -> None:
+    """Put every stream handler the host has now (libp2p's own: identify, ping, pubsub, the
+    DHT; and tooti's) behind the :func:`guarded` boundary, and the protocols in
+    ``members_only`` also behind ``admit(peer)``: a peer it refuses has its stream reset
+    before a byte is read. Call once, after every service has registered its handlers."""
+    mux = host.get_mux()
+    for protocol, handler in list(mux.handlers.items()):
+        if protocol is None or handler is None or getattr(handler, "_tooti_guarded", False):
+            continue
+        inner = handler
+        if protocol in members_only and admit is not None:
+            inner = _admitted(handler, admit, str(protocol))
+        host.set_stream_handler(protocol, guarded(str(protocol))(inner))
+
+
+def _admitted(handler: StreamHandler, admit: Admit, name: str) -> StreamHandler:
+    async def wrapper(stream: INetStream) -> None:
+        if not await admit(peer_of(stream)):
+            log.debug("%s stream from %s refused: not a member gateway", name, _safe_peer(stream))
+            await reset_quietly(stream)
+            return
+        await handler(stream)
+
+    return wrapper
 
 
 def disable_auto_connector(host: IHost) -> None:
@@ -133,10 +185,8 @@ def guarded(name: str) -> Callable[[StreamHandler], StreamHandler]:
         async def wrapper(stream: INetStream) -> None:
             try:
                 await handler(stream)
-            except trio.Cancelled:
-                raise
             except BaseException as exc:
-                if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                if _is_cancellation(exc) or isinstance(exc, (KeyboardInterrupt, SystemExit)):
                     raise
                 log.warning(
                     "%s handler failed for peer %s: %s: %s", name, _safe_peer(stream), type(exc).__name__, exc
@@ -147,9 +197,20 @@ def guarded(name: str) -> Callable[[StreamHandler], StreamHandler]:
                     except Exception:  # noqa: BLE001 - already failing; best effort
                         pass
 
+        wrapper._tooti_guarded = True  # type: ignore[attr-defined]  # see harden()
         return wrapper
 
     return decorate
+
+
+def _is_cancellation(exc: BaseException) -> bool:
+    """True for trio.Cancelled, and for a group made only of them (a nursery inside the
+    handler being cancelled): shutdown, not a failure to report."""
+    if isinstance(exc, trio.Cancelled):
+        return True
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_is_cancellation(e) for e in exc.exceptions)
+    return False
 
 
 def _safe_peer(stream: INetStream) -> str:
@@ -157,3 +218,13 @@ def _safe_peer(stream: INetStream) -> str:
         return str(peer_of(stream))
     except Exception:  # noqa: BLE001
         return "?"
+
+
+async def reset_quietly(stream: INetStream) -> None:
+    """Reset ``stream``, shielded and bounded, ignoring errors: for clean-up paths where the
+    stream may already be broken and the caller must not be held up."""
+    with trio.CancelScope(shield=True), trio.move_on_after(1):
+        try:
+            await stream.reset()
+        except Exception:  # noqa: BLE001 - best effort on a stream that may be gone
+            pass

@@ -46,7 +46,7 @@ def public_of(private_text: str, private_kind: str, public_kind: str) -> str:
 
 def sign(private_text: str, private_kind: str, label: bytes, *fields: bytes) -> bytes:
     """Sign ``fields`` under the domain ``label`` (64-byte Ed25519 signature)."""
-    return _private(private_text, private_kind).sign(_message(label, fields))
+    return _private(private_text, private_kind).sign(framed(label, *fields))
 
 
 def verify(public_text: str, public_kind: str, signature: bytes, label: bytes, *fields: bytes) -> bool:
@@ -54,7 +54,7 @@ def verify(public_text: str, public_kind: str, signature: bytes, label: bytes, *
     A malformed key or signature is simply not valid: this never raises for bad input."""
     try:
         key = Ed25519PublicKey.from_public_bytes(_raw(public_text, public_kind))
-        key.verify(bytes(signature), _message(label, fields))
+        key.verify(bytes(signature), framed(label, *fields))
     except (InvalidSignature, KeyFormatError, ValueError):
         return False
     return True
@@ -63,6 +63,18 @@ def verify(public_text: str, public_kind: str, signature: bytes, label: bytes, *
 def check_public(public_text: str, public_kind: str) -> str:
     """``public_text`` normalised, or KeyFormatError."""
     return _text(public_kind, _raw(public_text, public_kind))
+
+
+def public_raw(public_text: str, public_kind: str) -> bytes:
+    """The 32 raw bytes of a public key in text form (KeyFormatError if it is not one)."""
+    return _raw(public_text, public_kind)
+
+
+def public_text(raw: bytes, public_kind: str) -> str:
+    """The text form of 32 raw public-key bytes."""
+    if len(raw) != 32:
+        raise KeyFormatError("key must be 32 bytes")
+    return _text(public_kind, raw)
 
 
 def same_key(a: str, b: str) -> bool:
@@ -102,7 +114,9 @@ def check_namespace_proof(
 # -- internals --------------------------------------------------------------------------------
 
 
-def _message(label: bytes, fields: tuple[bytes, ...]) -> bytes:
+def framed(label: bytes, *fields: bytes) -> bytes:
+    """``label`` followed by each field with a 4-byte length: the bytes every signature here
+    covers, so no two different field lists can produce the same message."""
     out = bytearray(label)
     for f in fields:
         out += len(f).to_bytes(4, "big") + f

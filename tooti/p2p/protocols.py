@@ -4,14 +4,12 @@ from libp2p.custom_types import TProtocol
 
 #: gateway -> node: InferenceRequest / ResponseFrame exchanges, stream reusable between them
 INFERENCE = TProtocol("/tooti/inference/1.0.0")
-#: node -> gateway: Hello / (Challenge / Proof) / Welcome, then gateway-list updates and
-#: fallback heartbeats for as long as the node is connected
-CONTROL = TProtocol("/tooti/control/1.0.0")
-#: gateway <-> gateway: exchange of dialable gateway addresses (pb.Welcome as the message)
-PEERING = TProtocol("/tooti/peering/1.0.0")
-#: gossipsub topic for signed heartbeats (Announcement)
-HEARTBEAT_TOPIC = "/tooti/heartbeat/1"
-#: gossipsub topic where gateways announce their dialable addresses (Welcome as payload)
-GATEWAYS_TOPIC = "/tooti/gateways/1"
-#: private Kademlia DHT protocol (never the public IPFS DHT)
+#: node -> gateway: Hello / Intro / (Proof) / Welcome, then heartbeats one way and
+#: gateway-list updates the other, for as long as the node is connected
+CONTROL = TProtocol("/tooti/control/2.0.0")
+#: gateway <-> gateway: exchange of signed gateway records (pb.GatewayList)
+PEERING = TProtocol("/tooti/peering/2.0.0")
+#: gossipsub topic, among member gateways only, carrying signed gateway records
+GATEWAYS_TOPIC = "/tooti/gateways/2"
+#: private Kademlia DHT protocol (never the public IPFS DHT), among member gateways only
 DHT_PROTOCOL = TProtocol("/tooti/kad/1.0.0")

@@ -6,6 +6,9 @@
     finally:
         await store.aclose()
 
+Namespaces hold public keys only (``tooti.p2p.keys``): a copy of the database lets
+nobody join one.  SQLite files are created readable by their owner only.
+
 SQLite suits a single host (several gateway processes may share the file);
 PostgreSQL suits several hosts.  Both engines have the same schema and
 behaviour, and all blocking work runs in trio worker threads.
@@ -16,10 +19,13 @@ from __future__ import annotations
 import trio
 
 from ._base import (
+    USAGE_SOURCES,
     AlreadyExists,
     ApiKey,
     Backend,
     Namespace,
+    NamespaceKey,
+    NamespaceVerifier,
     NotFound,
     StoreError,
     StoreUnavailable,
@@ -29,9 +35,12 @@ from ._base import (
 from ._store import Store
 
 __all__ = [
+    "USAGE_SOURCES",
     "AlreadyExists",
     "ApiKey",
     "Namespace",
+    "NamespaceKey",
+    "NamespaceVerifier",
     "NotFound",
     "Store",
     "StoreError",

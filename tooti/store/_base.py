@@ -15,10 +15,13 @@ from datetime import UTC, date, datetime
 from typing import Any, Protocol, TypeVar
 
 __all__ = [
+    "USAGE_SOURCES",
     "AlreadyExists",
     "ApiKey",
     "Backend",
     "Namespace",
+    "NamespaceKey",
+    "NamespaceVerifier",
     "NotFound",
     "StoreError",
     "StoreUnavailable",
@@ -68,10 +71,28 @@ def as_utc(dt: datetime) -> datetime:
 
 
 @dataclasses.dataclass(frozen=True)
-class Namespace:
-    """A namespace: a named slice of the network gated by a shared secret.
+class NamespaceKey:
+    """One public key admitted to a namespace (the private half never reaches the store).
 
-    Never carries the secret or its hash.
+    ``expires_at`` is set only on a key kept through a rotation's grace period.
+    """
+
+    public_key: str  # "tooti-ns-pub-v1:..."
+    fingerprint: str  # short, for listings and logs
+    created_at: datetime
+    expires_at: datetime | None = None
+
+    def is_active(self, now: datetime | None = None) -> bool:
+        return self.expires_at is None or self.expires_at > (utcnow() if now is None else as_utc(now))
+
+
+@dataclasses.dataclass(frozen=True)
+class Namespace:
+    """A namespace: a named slice of the network; nodes join it by proving a namespace key.
+
+    ``keys`` are the public keys currently stored (including ones in a grace period).  An
+    empty ``keys`` means only ``allowed_peer_ids`` can join: a namespace migrated from the
+    old secret scheme stays that way until it is rotated.
     """
 
     name: str
@@ -79,6 +100,33 @@ class Namespace:
     allowed_peer_ids: tuple[str, ...]
     created_at: datetime
     rotated_at: datetime | None
+    keys: tuple[NamespaceKey, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class NamespaceVerifier:
+    """What a gateway needs to admit a node to one namespace, and nothing that would let
+    anyone else in: public keys only.
+
+    ``revision`` changes whenever the keys or the allow-list change (a grace period ending
+    included) or the namespace is deleted and re-created; a gateway compares it to decide
+    whether its joined nodes must prove themselves again.
+    """
+
+    name: str
+    public_keys: tuple[str, ...]
+    allowed_peers: tuple[str, ...]
+    revision: str
+
+    def check_proof(self, signature: bytes, nonce: bytes, node_peer: bytes, gateway_peer: bytes) -> bool:
+        """True when ``signature`` is a namespace proof (``tooti.p2p.keys.prove_namespace``)
+        by one of this namespace's keys for this nonce, node and gateway."""
+        from tooti.p2p import keys  # cryptography is loaded only by who checks proofs
+
+        return any(
+            keys.check_namespace_proof(pk, signature, nonce, self.name, node_peer, gateway_peer)
+            for pk in self.public_keys
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,8 +166,13 @@ class ApiKey:
 class UsageRow:
     """One served request, as written to the ``usage`` table.
 
-    ``request_id`` is the idempotency key: writing the same row twice (for
-    example when a batch is retried after a timeout) counts it once.
+    ``request_id`` is the gateway's own id of the request (unique, never client-chosen) and
+    the idempotency key: writing the same row twice (a batch retried after a timeout)
+    counts it once.  ``client_request_id`` is the client's ``X-Request-ID``: recorded,
+    nothing more.  ``usage_source`` says where the token counts come from (see
+    :data:`USAGE_SOURCES`); ``flags`` is a comma-separated set of markers such as
+    ``usage_clamped``.  Every field is normalised before it is stored
+    (``tooti.store.usage.normalise``).
     """
 
     request_id: str
@@ -133,6 +186,14 @@ class UsageRow:
     latency_ms: int
     status: int  # HTTP status returned to the client (200, 502, ...)
     gateway_id: str = ""
+    client_request_id: str = ""
+    usage_source: str = "backend"
+    flags: str = ""
+
+
+#: Where a row's token counts come from: the backend's own report (checked by the gateway),
+#: the gateway's count of what it delivered, a bounded estimate, or nothing to bill.
+USAGE_SOURCES = ("backend", "counted", "estimated", "none")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,6 +206,7 @@ class UsageSummary:
     requests: int
     prompt_tokens: int
     completion_tokens: int
+    flagged_requests: int = 0  # rows with any flag (clamped, normalised, ...)
 
 
 # -- engine interface -------------------------------------------------------

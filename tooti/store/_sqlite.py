@@ -2,15 +2,19 @@
 
 WAL mode lets readers proceed while one writer commits, and the busy timeout
 makes a second process (another gateway on the same file) wait for the write
-lock instead of failing at once.  Write transactions start with BEGIN
-IMMEDIATE so they take the write lock up front: a deferred transaction that
+lock instead of failing at once.  The database file and its side files are
+readable by their owner only (see :func:`_secure_files`).  Write transactions
+start with BEGIN IMMEDIATE so they take the write lock up front: a deferred transaction that
 reads then writes can hit SQLITE_BUSY without the busy handler being able to
 help.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import sqlite3
+import stat
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -22,6 +26,7 @@ from ._base import AlreadyExists, Backend, StoreUnavailable, as_utc
 __all__ = ["SQLiteBackend"]
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 # OperationalError messages that mean "cannot use the database right now",
 # as opposed to bugs (syntax errors, missing tables) which must surface as is.
@@ -31,6 +36,41 @@ _UNAVAILABLE = ("locked", "busy", "unable to open", "disk i/o", "readonly", "dis
 def _unavailable(exc: sqlite3.Error) -> bool:
     message = str(exc).lower()
     return any(marker in message for marker in _UNAVAILABLE)
+
+
+# umask is per process: serialise our own changes of it (other threads only ever see it
+# tighter, never looser, for a moment).
+_UMASK_LOCK = threading.Lock()
+_SIDE_FILES = ("", "-wal", "-shm", "-journal")
+
+
+def _secure_files(path: str) -> None:
+    """Create the database file readable by its owner only, and take group/other access away
+    from an existing one and its side files.
+
+    SQLite gives the -wal, -shm and -journal files the database file's own permissions, so a
+    0600 database keeps them 0600 whatever the umask.  The directory is left as it is: tooti
+    never creates or widens it.
+    """
+    if not os.path.exists(path):
+        with _UMASK_LOCK:
+            old = os.umask(0o077)
+            try:
+                os.close(os.open(path, os.O_CREAT | os.O_RDWR | getattr(os, "O_CLOEXEC", 0), 0o600))
+            except OSError:
+                pass  # the connect that follows reports the problem with its own message
+            finally:
+                os.umask(old)
+    for suffix in _SIDE_FILES:
+        name = path + suffix
+        try:
+            mode = os.stat(name).st_mode
+            if mode & 0o077:
+                os.chmod(name, stat.S_IMODE(mode) & 0o700)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            log.warning("cannot restrict permissions of %s: %s", name, exc)
 
 
 class _SQLiteTx:
@@ -73,6 +113,8 @@ class SQLiteBackend(Backend):
         self._release(self._acquire(), broken=False)
 
     def _connect(self) -> sqlite3.Connection:
+        if self._path != ":memory:":
+            _secure_files(self._path)
         try:
             conn = sqlite3.connect(
                 self._path,
@@ -97,6 +139,7 @@ class SQLiteBackend(Backend):
                     # NORMAL is durable across application crashes in WAL mode,
                     # and avoids an fsync per usage batch.
                     conn.execute("PRAGMA synchronous = NORMAL")
+                    _secure_files(self._path)  # -wal and -shm exist now
                 return conn
             except sqlite3.Error as exc:
                 if "locked" in str(exc) and time.monotonic() < deadline:

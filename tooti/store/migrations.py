@@ -76,6 +76,51 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX usage_key_at_idx ON usage (key_prefix, at)",
         ),
     ),
+    Migration(
+        2,
+        "namespace public keys replace namespace secrets",
+        (
+            # Only public halves are stored: a copy of the database proves nothing.
+            # ``expires_at`` is set on a key kept through a rotation's grace period.
+            """CREATE TABLE namespace_keys (
+                namespace TEXT NOT NULL,
+                public_key TEXT NOT NULL,
+                created_at {ts} NOT NULL,
+                expires_at {ts},
+                PRIMARY KEY (namespace, public_key)
+            )""",
+            # The secret hash *was* the proof key of the old scheme; nothing verifies against it
+            # any more, so it is wiped rather than left for a thief. Such namespaces admit only
+            # allow-listed peers until rotated (``tooti namespace rotate``).
+            "UPDATE namespaces SET secret_hash = ''",
+        ),
+    ),
+    Migration(
+        3,
+        "usage: client request id, usage source, flags; dead letters; bounded old rows",
+        (
+            "ALTER TABLE usage ADD COLUMN client_request_id TEXT NOT NULL DEFAULT ''",
+            "ALTER TABLE usage ADD COLUMN usage_source TEXT NOT NULL DEFAULT 'backend'",
+            "ALTER TABLE usage ADD COLUMN flags TEXT NOT NULL DEFAULT ''",
+            # Rows written before counts were bounded: clamp them the way new rows are clamped,
+            # so no sum can overflow.
+            """UPDATE usage SET flags = 'usage_clamped',
+                prompt_tokens = CASE WHEN prompt_tokens < 0 THEN 0
+                    WHEN prompt_tokens > 1000000000 THEN 1000000000 ELSE prompt_tokens END,
+                completion_tokens = CASE WHEN completion_tokens < 0 THEN 0
+                    WHEN completion_tokens > 1000000000 THEN 1000000000 ELSE completion_tokens END
+              WHERE prompt_tokens < 0 OR prompt_tokens > 1000000000
+                 OR completion_tokens < 0 OR completion_tokens > 1000000000""",
+            # Rows the ledger could not write even alone: kept verbatim (as JSON text) with the
+            # error, for an operator to inspect; never counted in usage.
+            """CREATE TABLE usage_dead_letter (
+                request_id TEXT PRIMARY KEY,
+                at {ts} NOT NULL,
+                payload TEXT NOT NULL,
+                error TEXT NOT NULL
+            )""",
+        ),
+    ),
 )
 
 

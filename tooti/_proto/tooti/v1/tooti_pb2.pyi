@@ -134,55 +134,109 @@ class Announcement(_message.Message):
     name: str
     def __init__(self, peer_id: _Optional[bytes] = ..., namespace: _Optional[str] = ..., models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ..., capacity: _Optional[int] = ..., in_flight: _Optional[int] = ..., queue_depth: _Optional[int] = ..., ttft_ms_ema: _Optional[float] = ..., decode_tps_ema: _Optional[float] = ..., backend_healthy: _Optional[bool] = ..., version: _Optional[str] = ..., seq: _Optional[int] = ..., timestamp_ms: _Optional[int] = ..., name: _Optional[str] = ...) -> None: ...
 
+class GatewayCertificate(_message.Message):
+    __slots__ = ("network_key", "gateway_peer_id", "not_before_ms", "not_after_ms", "serial")
+    NETWORK_KEY_FIELD_NUMBER: _ClassVar[int]
+    GATEWAY_PEER_ID_FIELD_NUMBER: _ClassVar[int]
+    NOT_BEFORE_MS_FIELD_NUMBER: _ClassVar[int]
+    NOT_AFTER_MS_FIELD_NUMBER: _ClassVar[int]
+    SERIAL_FIELD_NUMBER: _ClassVar[int]
+    network_key: bytes
+    gateway_peer_id: bytes
+    not_before_ms: int
+    not_after_ms: int
+    serial: int
+    def __init__(self, network_key: _Optional[bytes] = ..., gateway_peer_id: _Optional[bytes] = ..., not_before_ms: _Optional[int] = ..., not_after_ms: _Optional[int] = ..., serial: _Optional[int] = ...) -> None: ...
+
+class Certified(_message.Message):
+    __slots__ = ("certificate", "signature")
+    CERTIFICATE_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    certificate: bytes
+    signature: bytes
+    def __init__(self, certificate: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
+
+class Revocations(_message.Message):
+    __slots__ = ("network_key", "peer_ids", "issued_ms")
+    NETWORK_KEY_FIELD_NUMBER: _ClassVar[int]
+    PEER_IDS_FIELD_NUMBER: _ClassVar[int]
+    ISSUED_MS_FIELD_NUMBER: _ClassVar[int]
+    network_key: bytes
+    peer_ids: _containers.RepeatedScalarFieldContainer[bytes]
+    issued_ms: int
+    def __init__(self, network_key: _Optional[bytes] = ..., peer_ids: _Optional[_Iterable[bytes]] = ..., issued_ms: _Optional[int] = ...) -> None: ...
+
+class SignedRevocations(_message.Message):
+    __slots__ = ("revocations", "signature")
+    REVOCATIONS_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    revocations: bytes
+    signature: bytes
+    def __init__(self, revocations: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
+
+class GatewayRecord(_message.Message):
+    __slots__ = ("certificate", "addrs", "issued_ms", "signature")
+    CERTIFICATE_FIELD_NUMBER: _ClassVar[int]
+    ADDRS_FIELD_NUMBER: _ClassVar[int]
+    ISSUED_MS_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    certificate: Certified
+    addrs: _containers.RepeatedScalarFieldContainer[str]
+    issued_ms: int
+    signature: bytes
+    def __init__(self, certificate: _Optional[_Union[Certified, _Mapping]] = ..., addrs: _Optional[_Iterable[str]] = ..., issued_ms: _Optional[int] = ..., signature: _Optional[bytes] = ...) -> None: ...
+
+class GatewayList(_message.Message):
+    __slots__ = ("records", "revocations")
+    RECORDS_FIELD_NUMBER: _ClassVar[int]
+    REVOCATIONS_FIELD_NUMBER: _ClassVar[int]
+    records: _containers.RepeatedCompositeFieldContainer[GatewayRecord]
+    revocations: SignedRevocations
+    def __init__(self, records: _Optional[_Iterable[_Union[GatewayRecord, _Mapping]]] = ..., revocations: _Optional[_Union[SignedRevocations, _Mapping]] = ...) -> None: ...
+
 class Hello(_message.Message):
     __slots__ = ("announcement",)
     ANNOUNCEMENT_FIELD_NUMBER: _ClassVar[int]
     announcement: Announcement
     def __init__(self, announcement: _Optional[_Union[Announcement, _Mapping]] = ...) -> None: ...
 
-class Challenge(_message.Message):
-    __slots__ = ("nonce", "scheme", "salt", "time_cost", "memory_cost", "parallelism", "hash_len")
+class Intro(_message.Message):
+    __slots__ = ("record", "nonce", "revocations")
+    RECORD_FIELD_NUMBER: _ClassVar[int]
     NONCE_FIELD_NUMBER: _ClassVar[int]
-    SCHEME_FIELD_NUMBER: _ClassVar[int]
-    SALT_FIELD_NUMBER: _ClassVar[int]
-    TIME_COST_FIELD_NUMBER: _ClassVar[int]
-    MEMORY_COST_FIELD_NUMBER: _ClassVar[int]
-    PARALLELISM_FIELD_NUMBER: _ClassVar[int]
-    HASH_LEN_FIELD_NUMBER: _ClassVar[int]
+    REVOCATIONS_FIELD_NUMBER: _ClassVar[int]
+    record: GatewayRecord
     nonce: bytes
-    scheme: str
-    salt: bytes
-    time_cost: int
-    memory_cost: int
-    parallelism: int
-    hash_len: int
-    def __init__(self, nonce: _Optional[bytes] = ..., scheme: _Optional[str] = ..., salt: _Optional[bytes] = ..., time_cost: _Optional[int] = ..., memory_cost: _Optional[int] = ..., parallelism: _Optional[int] = ..., hash_len: _Optional[int] = ...) -> None: ...
+    revocations: SignedRevocations
+    def __init__(self, record: _Optional[_Union[GatewayRecord, _Mapping]] = ..., nonce: _Optional[bytes] = ..., revocations: _Optional[_Union[SignedRevocations, _Mapping]] = ...) -> None: ...
 
 class Proof(_message.Message):
-    __slots__ = ("mac",)
-    MAC_FIELD_NUMBER: _ClassVar[int]
-    mac: bytes
-    def __init__(self, mac: _Optional[bytes] = ...) -> None: ...
+    __slots__ = ("signature",)
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    signature: bytes
+    def __init__(self, signature: _Optional[bytes] = ...) -> None: ...
 
 class Welcome(_message.Message):
-    __slots__ = ("accepted", "reason", "gateway_peer_id", "gateways")
+    __slots__ = ("accepted", "reason", "gateways", "credentials_refused")
     ACCEPTED_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
-    GATEWAY_PEER_ID_FIELD_NUMBER: _ClassVar[int]
     GATEWAYS_FIELD_NUMBER: _ClassVar[int]
+    CREDENTIALS_REFUSED_FIELD_NUMBER: _ClassVar[int]
     accepted: bool
     reason: str
-    gateway_peer_id: bytes
-    gateways: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, accepted: _Optional[bool] = ..., reason: _Optional[str] = ..., gateway_peer_id: _Optional[bytes] = ..., gateways: _Optional[_Iterable[str]] = ...) -> None: ...
+    gateways: GatewayList
+    credentials_refused: bool
+    def __init__(self, accepted: _Optional[bool] = ..., reason: _Optional[str] = ..., gateways: _Optional[_Union[GatewayList, _Mapping]] = ..., credentials_refused: _Optional[bool] = ...) -> None: ...
 
 class GatewayControl(_message.Message):
-    __slots__ = ("challenge", "welcome")
-    CHALLENGE_FIELD_NUMBER: _ClassVar[int]
+    __slots__ = ("intro", "welcome", "gateways")
+    INTRO_FIELD_NUMBER: _ClassVar[int]
     WELCOME_FIELD_NUMBER: _ClassVar[int]
-    challenge: Challenge
+    GATEWAYS_FIELD_NUMBER: _ClassVar[int]
+    intro: Intro
     welcome: Welcome
-    def __init__(self, challenge: _Optional[_Union[Challenge, _Mapping]] = ..., welcome: _Optional[_Union[Welcome, _Mapping]] = ...) -> None: ...
+    gateways: GatewayList
+    def __init__(self, intro: _Optional[_Union[Intro, _Mapping]] = ..., welcome: _Optional[_Union[Welcome, _Mapping]] = ..., gateways: _Optional[_Union[GatewayList, _Mapping]] = ...) -> None: ...
 
 class ControlFrame(_message.Message):
     __slots__ = ("hello", "heartbeat", "proof")
