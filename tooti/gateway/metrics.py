@@ -26,7 +26,7 @@ from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -37,6 +37,10 @@ from ._usage_window import UsageWindow
 
 if TYPE_CHECKING:
     from .registry import NodeEntry, Registry
+
+# prometheus-client adds a `_created` timestamp series beside every counter and histogram
+# child by default, doubling the series count for a figure Prometheus does not use.
+disable_created_metrics()
 
 MAX_LABEL_VALUES = 200
 MAX_NODE_SERIES = 500
