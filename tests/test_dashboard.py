@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -63,6 +64,20 @@ def test_metrics_and_summary_need_an_admin_key(world: dict) -> None:
         assert denied.json()["error"]["code"] == "permission_denied"
         ok = httpx.get(gw.http + path, headers={"Authorization": f"Bearer {world['admin']}"}, trust_env=False)
         assert ok.status_code == 200
+    # Keys mode adds the database's figures, read from the accounts at scrape time, and an
+    # inference request refused at the door is counted without model or namespace.
+    denied = httpx.post(gw.base_url + "/chat/completions", json={"model": "loopback"}, trust_env=False)
+    assert denied.status_code == 401
+    admin = {"Authorization": f"Bearer {world['admin']}"}
+    text = httpx.get(gw.http + "/metrics", headers=admin, trust_env=False).text
+    for line in (
+        "tooti_gateway_database_up 1.0",
+        'tooti_gateway_requests_total{model="",namespace="",route="chat",status="401"} 1.0',
+        'tooti_gateway_store_latency_seconds_count{op="verify_api_key"}',
+        "tooti_gateway_usage_rows_pending",
+        'tooti_gateway_usage_rows_total{outcome="written"}',
+    ):
+        assert line in text, line
     # The page itself holds no data and is served to anyone, with a strict CSP.
     page = httpx.get(gw.http + "/ui", trust_env=False)
     assert page.status_code == 200 and "default-src 'self'" in page.headers["content-security-policy"]
@@ -132,9 +147,29 @@ def test_dashboard_shows_the_network_live(world: dict, tmp_path: Path) -> None:
                 )
                 assert "alpha" not in page.inner_text("#nodes-body")
                 assert page.inner_text("#nodes-live") == "1"
-                page.wait_for_timeout(2500)  # one more refresh, so the sparklines have two points
-                shot = tmp_path / "dashboard.png"
-                page.screenshot(path=str(shot), full_page=True)
+                # Live traffic while the picture is taken, so the rates show it.
+                stop = threading.Event()
+
+                def traffic() -> None:
+                    while not stop.is_set():
+                        client.chat.completions.create(
+                            model="loopback",
+                            messages=[{"role": "user", "content": "a steady stream of words"}],
+                        )
+
+                sender = threading.Thread(target=traffic)
+                sender.start()
+                try:
+                    page.wait_for_function(
+                        "() => !['0', '–'].includes(document.getElementById('req-rate').textContent)",
+                        timeout=20_000,
+                    )
+                    page.wait_for_timeout(4500)  # two more refreshes: the sparklines rise
+                    shot = tmp_path / "dashboard.png"
+                    page.screenshot(path=str(shot), full_page=True)
+                finally:
+                    stop.set()
+                    sender.join(30)
             finally:
                 second.proc.stop()
         finally:

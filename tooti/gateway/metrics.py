@@ -387,6 +387,27 @@ class _StateCollector(Collector):
             "Usage rows waiting to be written to the database.",
             value=health.get("pending_usage_rows", 0),
         )
+        ledger = health.get("usage_ledger")
+        if not isinstance(ledger, dict):
+            return
+        rows = CounterMetricFamily(
+            "tooti_gateway_usage_rows",
+            "Usage rows by outcome since start: written, dead_lettered (kept aside), lost, "
+            "clamped and normalised (repaired on the way in).",
+            labels=["outcome"],
+        )
+        for outcome in ("written", "dead_lettered", "lost", "clamped", "normalised"):
+            value = ledger.get(outcome)
+            if isinstance(value, int | float):
+                rows.add_metric([outcome], value)
+        yield rows
+        flush_ms = ledger.get("last_flush_latency_ms")
+        if isinstance(flush_ms, int | float):
+            yield GaugeMetricFamily(
+                "tooti_gateway_usage_flush_seconds",
+                "Duration of the ledger's last successful batch write.",
+                value=flush_ms / 1000,
+            )
 
 
 def _node_families(entries: list[NodeEntry], now: float, ttl: float) -> Iterator[Metric]:

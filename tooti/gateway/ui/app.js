@@ -129,7 +129,8 @@ function renderRates(totals, now) {
   setText("req-rate", fmt(last(rates.req), 1));
   setText("tok-rate", fmt(last(rates.tok), 0));
   setText("err-rate", fmt(last(rates.err), 2));
-  setText("err-total", fmt(totals.errors, 0) + " errors of " + fmt(totals.requests, 0) + " requests");
+  setText("err-total", fmt(totals.errors, 0) + (totals.errors === 1 ? " error" : " errors") + " of " +
+    fmt(totals.requests, 0) + (totals.requests === 1 ? " request" : " requests"));
   sparkline(document.getElementById("req-spark"), rates.req);
   sparkline(document.getElementById("tok-spark"), rates.tok);
 }
