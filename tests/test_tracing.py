@@ -43,8 +43,8 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
         [sys.executable, "-m", "tests.standins.ollama", "--port", str(port)], log=tmp / "ollama.log"
     )
     ollama_url = ollama.wait_line("listening on").split()[-1]
-    gw = _procs.start_gateway(tmp, auth="open")
     json_logs = {"TOOTI_LOG_FORMAT": "json"}
+    gw = _procs.start_gateway(tmp, auth="open", env={**json_logs, "TOOTI_ACCESS_LOG": "1"})
     nodes = [
         _procs.start_node(
             tmp, "o", gateways=[gw], backend={"type": "openai", "base_url": up_url}, env=json_logs
@@ -101,3 +101,20 @@ def test_node_log_lines_carry_the_request_id(net: dict) -> None:
         time.sleep(0.05)
     assert tagged, records[-5:]
     assert tagged[0]["logger"] == "tooti.node" and tagged[0]["level"] == "WARNING"
+
+
+def test_gateway_log_lines_carry_the_request_id(net: dict) -> None:
+    # The gateway writes its access line while handling the request, tagged with its id.
+    r = _chat(net["gw"], "m", {"X-Request-ID": "trace-gw-1"})
+    assert r.status_code == 200
+    log = net["gw"].proc.log
+    deadline = time.monotonic() + 10
+    while not (
+        found := [x for x in log.read_text().splitlines(keepends=True) if "trace-gw-1" in x]
+    ) or not found[0].endswith("\n"):  # a line still being written is not read half
+        assert time.monotonic() < deadline, log.read_text()[-2000:]
+        time.sleep(0.05)
+    # (The previous test's failure may also end an outage here, in a line tagged the same.)
+    (line,) = [r for r in map(json.loads, found) if r["logger"] == "tooti.access"]
+    assert line["request_id"] == "trace-gw-1"
+    assert line["status"] == 200 and line["model"] == "m" and isinstance(line["latency_ms"], int)

@@ -24,7 +24,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, Histogram
 from quart import Response, g, has_request_context, request
 from quart_trio import QuartTrio
 
-from tooti import logs
+from tooti import _trace, logs
 from tooti.config import GatewayConfig
 
 from .errors import HTTPError
@@ -140,6 +140,12 @@ def install(app: QuartTrio, gw: Gateway, accounts: Any, access: AdminAccess) -> 
                 "this endpoint needs an admin API key (listed in the gateway's admin.key_prefixes)",
                 code="permission_denied",
             )
+
+    @app.before_request
+    async def _bind_request() -> None:
+        # Runs after create_app's own hook has set g.request_id: log lines written while this
+        # request is handled carry its id (JSON field request_id, or "[request ...]").
+        _trace.bind(getattr(g, "request_id", ""), request.headers.get("traceparent", ""))
 
     @app.after_request
     async def _count_rejected(response: Response) -> Response:
