@@ -192,7 +192,11 @@ class NatLab:
                 "http_listen": f"{self.pub_ip}:{http_port}",
                 "auth": "open",
             },
-            "network": {"listen": [f"/ip4/{self.pub_ip}/tcp/{p2p_port}"], "bootstrap": list(bootstrap)},
+            "network": {
+                "listen": [f"/ip4/{self.pub_ip}/tcp/{p2p_port}"],
+                "bootstrap": list(bootstrap),
+                **_procs.gateway_membership(),
+            },
             "registry": {"heartbeat_ttl_sec": ttl},
             "database": {"url": f"sqlite:///{d / 'tooti.db'}"},
         }

@@ -124,6 +124,12 @@ def network() -> tuple[Path, str]:
     return path, membership.network_id(path.read_text().strip())
 
 
+def gateway_membership() -> dict[str, str]:
+    """A gateway config's ``network`` keys that make it a member of the test network."""
+    key_file, network_id = network()
+    return {"id": network_id, "key_file": str(key_file)}
+
+
 class Gateway:
     def __init__(self, proc: Proc, http: str, p2p: str, config: Path) -> None:
         self.proc, self.http, self.p2p, self.config = proc, http, p2p, config
@@ -156,8 +162,7 @@ def start_gateway(
         "network": {
             "listen": [f"/ip4/127.0.0.1/tcp/{free_port()}"],
             "bootstrap": list(bootstrap),
-            "id": network()[1],
-            "key_file": str(network()[0]),
+            **gateway_membership(),
         },
         "registry": {"heartbeat_ttl_sec": ttl},
         "database": {"url": database_url or f"sqlite:///{d / 'tooti.db'}"},

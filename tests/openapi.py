@@ -3,8 +3,8 @@
     from tests.openapi import validate
     validate("CreateChatCompletionStreamResponse", chunk)  # raises jsonschema.ValidationError
 
-The document is ``../shared/spec/openai-openapi.json`` next to the repository (override with the
-``TOOTI_OPENAPI_SPEC`` environment variable). It is read once per process, and one validator per
+The document is vendored at ``tests/spec/openai-openapi.json`` (its origin in ``SOURCE.txt``;
+override with the ``TOOTI_OPENAPI_SPEC`` environment variable). It is read once per process, and one validator per
 schema name is built on first use and kept, so validating many chunks costs only the checking.
 
 The spec says OpenAPI 3.1 but still marks many fields with the 3.0 keyword ``nullable: true``
@@ -36,7 +36,7 @@ def spec_path() -> Path:
     override = os.environ.get("TOOTI_OPENAPI_SPEC")
     if override:
         return Path(override)
-    return Path(__file__).resolve().parents[2] / "shared" / "spec" / "openai-openapi.json"
+    return Path(__file__).resolve().parent / "spec" / "openai-openapi.json"
 
 
 @functools.cache

@@ -185,13 +185,17 @@ def test_ledger_matches_what_clients_saw(world: dict) -> None:
         model="acme:loopback", messages=[{"role": "user", "content": "one two three four"}]
     )
     seen.append(
-        (out.headers["x-request-id"], out.parse().usage.prompt_tokens, out.parse().usage.completion_tokens)
+        (
+            out.headers["x-tooti-request-id"],
+            out.parse().usage.prompt_tokens,
+            out.parse().usage.completion_tokens,
+        )
     )
     # a streamed request whose client did NOT ask for usage: the ledger still gets exact counts
     with client.chat.completions.with_streaming_response.create(
         model="acme:loopback", messages=[{"role": "user", "content": "five six seven"}], stream=True
     ) as s:
-        rid = s.headers["x-request-id"]
+        rid = s.headers["x-tooti-request-id"]
         chunks = [json.loads(line[6:]) for line in s.iter_lines() if line.startswith("data: {")]
     assert all(c["choices"] for c in chunks)  # no usage chunk was forced on the client
     seen.append((rid, 3, 3))
@@ -287,6 +291,7 @@ def test_database_outage_under_load(world: dict) -> None:
         assert _chat(gw, world["any_key"], "acme:loopback").status_code == 200
     tag = f"outage-{uuid.uuid4().hex[:8]}"
     sent = 0
+    ledger_ids: list[str] = []
     cluster.stop()
     try:
         degraded: set[int] = set()
@@ -300,6 +305,7 @@ def test_database_outage_under_load(world: dict) -> None:
                     gw, world["any_key"], "acme:loopback", stream=bool(sent % 2), request_id=f"{tag}-{sent}"
                 )
                 assert r.status_code == 200, r.text
+                ledger_ids.append(r.headers["x-tooti-request-id"])  # the ledger's key for it
                 sent += 1
                 health = httpx.get(gw.http + "/healthz", trust_env=False).json()
                 if health["status"] == "degraded" and not health["database"]["ok"]:
@@ -312,11 +318,8 @@ def test_database_outage_under_load(world: dict) -> None:
     deadline = time.monotonic() + 30
     while True:
         try:
-            count = raw_rows(
-                world["db"],
-                # the client's X-Request-ID: the ledger keys rows by the gateway's own id
-                f"SELECT COUNT(*) FROM usage WHERE client_request_id LIKE '{tag}-%' OR request_id LIKE '{tag}-%'",
-            )[0][0]
+            listed = ",".join(f"'{rid}'" for rid in ledger_ids)
+            count = raw_rows(world["db"], f"SELECT COUNT(*) FROM usage WHERE request_id IN ({listed})")[0][0]
         except Exception:
             count = -1
         if count == sent:
@@ -328,3 +331,69 @@ def test_database_outage_under_load(world: dict) -> None:
         while httpx.get(gw.http + "/healthz", trust_env=False).json()["status"] != "ok":
             assert time.monotonic() < deadline, "/healthz still degraded after the database returned"
             time.sleep(0.2)
+
+
+def test_a_scoped_key_sees_and_uses_only_its_scope(world: dict) -> None:
+    """One tenancy rule: a key lists exactly the nodes it may use; a plain model name goes to
+    the public pool and the key's own namespaces."""
+    gw = world["gws"][0]
+    acme = {"Authorization": f"Bearer {world['acme_key']}"}
+    models = {
+        m["id"] for m in httpx.get(gw.base_url + "/models", headers=acme, trust_env=False).json()["data"]
+    }
+    assert "acme:loopback" in models and not any(m.startswith("beta:") for m in models)
+    nodes = httpx.get(gw.base_url + "/network/nodes", headers=acme, trust_env=False).json()["data"]
+    assert {n["namespace"] for n in nodes} == {"acme"}
+    r = _chat(gw, world["acme_key"], "loopback")
+    assert r.status_code == 200, r.text
+    assert _chat(gw, world["acme_key"], "beta:loopback").status_code == 403
+    every = {"Authorization": f"Bearer {world['any_key']}"}
+    nodes = httpx.get(gw.base_url + "/network/nodes", headers=every, trust_env=False).json()["data"]
+    assert {n["namespace"] for n in nodes} == {"acme", "beta"}
+
+
+def _namespaces_on(gw: _procs.Gateway, key: str) -> set[str]:
+    r = httpx.get(gw.base_url + "/network/nodes", headers={"Authorization": f"Bearer {key}"}, trust_env=False)
+    return {n["namespace"] for n in r.json()["data"]}
+
+
+def test_rotation_and_deletion_evict_joined_nodes_on_every_gateway(world: dict) -> None:
+    """Rotating a namespace's key or deleting the namespace takes its joined nodes out of
+    every gateway within seconds; with the old key they cannot come back."""
+    db, tmp, gws = world["db"], world["tmp"], world["gws"]
+    nodes = []
+    for ns in ("gamma", "delta"):
+        key_text = _cli(db, "namespace", "create", ns)
+        nodes.append(
+            _procs.start_node(
+                tmp,
+                f"{ns}-node",
+                gateways=[gws[0]],
+                backend={"type": "loopback"},
+                node={"namespace": ns, "namespace_key": key_text},
+            )
+        )
+    try:
+        for gw in gws:
+            wait_for_models(
+                gw.base_url,
+                {"gamma:loopback", "delta:loopback"},
+                headers={"Authorization": f"Bearer {world['any_key']}"},
+            )
+        start = time.monotonic()
+        _cli(db, "namespace", "rotate", "gamma")
+        _cli(db, "namespace", "delete", "delta")
+        deadline = start + 15
+        while any({"gamma", "delta"} & _namespaces_on(gw, world["any_key"]) for gw in gws):
+            assert time.monotonic() < deadline, "namespace change did not evict the nodes"
+            time.sleep(0.1)
+        took = time.monotonic() - start
+        print(f"\nrotated and deleted namespaces' nodes gone from both gateways in {took:.2f} s")
+        assert took < 6
+        time.sleep(2)  # they keep trying with the old key: still refused
+        assert not any({"gamma", "delta"} & _namespaces_on(gw, world["any_key"]) for gw in gws)
+        for n in nodes:
+            assert n.proc.popen.poll() is None  # backing off, not dead: a new key may come
+    finally:
+        for n in nodes:
+            n.proc.stop()

@@ -30,7 +30,8 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     tmp = tmp_path_factory.mktemp("faults")
     up, up_url = _upstream(tmp, "upstream", "fake")
     solo, solo_url = _upstream(tmp, "solo", "solo")
-    gw = _procs.start_gateway(tmp, auth="open")
+    # A short queue deadline, so that "every node busy" is seen as a 503 within a test.
+    gw = _procs.start_gateway(tmp, auth="open", extra={"admission": {"queue_timeout_sec": 1.0}})
     nodes = [
         _procs.start_node(tmp, "a", gateways=[gw], backend={"type": "openai", "base_url": up_url}),
         _procs.start_node(tmp, "b", gateways=[gw], backend={"type": "openai", "base_url": up_url}),
@@ -157,6 +158,8 @@ def test_backend_error_status_is_passed_through(lab: dict) -> None:
 
 
 def test_busy_node_answers_503_with_retry_after(lab: dict) -> None:
+    """A request for a full node waits in the gateway's queue for its deadline (1 s here),
+    then gets 503 + Retry-After."""
     long = {
         "model": "solo",
         "messages": [{"role": "user", "content": "x"}],

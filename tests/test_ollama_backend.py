@@ -440,7 +440,18 @@ async def test_http_error_becomes_error_reply(backend: OllamaBackend) -> None:
     validate("ErrorResponse", document)
     assert document["error"]["code"] == "model_not_found"
     assert "nope" in document["error"]["message"]
-    assert document["error"]["param"] is None
+    assert document["error"]["param"] == "model"
+
+
+def test_ollama_errors_are_mapped_honestly() -> None:
+    """Not every 404 is an unknown model, and no JSON object is stringified into a message."""
+    from tooti.node.backends._ollama_reply import _error_document, _ollama_error
+
+    route = json.loads(_error_document(404, _ollama_error(b"404 page not found") or ""))["error"]
+    assert route["code"] == "not_found" and route["param"] is None
+    nested = _ollama_error(b'{"error": {"message": "out of memory", "kind": "oom"}}')
+    assert nested == "out of memory"
+    assert _ollama_error(b'{"error": {"weird": 1}}') is None  # the caller says "ollama answered N"
 
 
 @pytest.mark.parametrize("fault", ["drop", "malformed", "error"])

@@ -29,9 +29,26 @@ def _node(
 
 
 def test_full_nodes_are_never_chosen() -> None:
-    full, free = _node("full", in_flight=4), _node("free")
+    full, free = _node("full"), _node("free")
+    full.local_in_flight = 4  # this gateway's own open exchanges fill it
     assert all(choose([full, free], set()) is free for _ in range(50))
     assert choose([full], set()) is None
+
+
+def test_a_stale_heartbeat_never_blocks_an_idle_node() -> None:
+    """The heartbeat's in_flight is seconds old and counts this gateway's own requests that
+    have since ended: the gateway's own count is what decides."""
+    idle = _node("idle", in_flight=4)
+    assert idle.free() == 4
+    assert choose([idle], set()) is idle
+
+
+def test_a_node_that_answered_busy_is_full_until_the_mark_expires() -> None:
+    n = _node("n")
+    n.saturated_until = 100.0
+    assert n.free(now=99.0) == 0
+    assert choose([n], set(), now=99.0) is None
+    assert n.free(now=100.5) == 4
 
 
 def test_load_spreads_requests() -> None:

@@ -66,36 +66,39 @@ def _chat(gw: _procs.Gateway, model: str, headers: dict[str, str], **extra: obje
 
 
 def test_request_id_and_traceparent_reach_the_openai_backend(net: dict) -> None:
+    # The id that travels is the gateway's own (X-Tooti-Request-ID, the ledger's key); the
+    # client's X-Request-ID is echoed back and recorded beside it.
     r = _chat(net["gw"], "m", {"X-Request-ID": "trace-openai-1", "traceparent": TRACEPARENT})
     assert r.status_code == 200 and r.headers["x-request-id"] == "trace-openai-1"
     seen = httpx.get(net["up"] + "/_last_request", trust_env=False).json()["headers"]
-    assert seen["x-request-id"] == "trace-openai-1"
+    assert seen["x-request-id"] == r.headers["x-tooti-request-id"]
     assert seen["traceparent"] == TRACEPARENT
-    # A malformed traceparent is not passed on; the gateway's own request id still is.
+    # A malformed traceparent is not passed on; the request id still is.
     r = _chat(net["gw"], "m", {"traceparent": "00-nonsense"})
     assert r.status_code == 200
     seen = httpx.get(net["up"] + "/_last_request", trust_env=False).json()["headers"]
     assert "traceparent" not in seen
-    assert seen["x-request-id"] == r.headers["x-request-id"]
+    assert seen["x-request-id"] == r.headers["x-tooti-request-id"]
 
 
 def test_request_id_and_traceparent_reach_ollama(net: dict) -> None:
-    r = _chat(net["gw"], net["ollama_model"], {"X-Request-ID": "trace-ollama-1", "traceparent": TRACEPARENT})
+    r = _chat(net["gw"], net["ollama_model"], {"traceparent": TRACEPARENT})
     assert r.status_code == 200, r.text
     seen = httpx.get(net["ollama"] + "/_last_headers", trust_env=False).json()
-    assert seen["x-request-id"] == "trace-ollama-1"
+    assert seen["x-request-id"] == r.headers["x-tooti-request-id"]
     assert seen["traceparent"] == TRACEPARENT
 
 
 def test_node_log_lines_carry_the_request_id(net: dict) -> None:
     # The backend drops the connection: the node logs a warning while serving this request.
-    r = _chat(net["gw"], "m", {"X-Request-ID": "trace-fail-1"}, x_fake={"fail": "before_head"})
+    r = _chat(net["gw"], "m", {}, x_fake={"fail": "before_head"})
     assert r.status_code >= 500
+    rid = r.headers["x-tooti-request-id"]
     log = net["nodes"][0].proc.log
     deadline = time.monotonic() + 10
     while True:
         records = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
-        tagged = [rec for rec in records if rec.get("request_id") == "trace-fail-1"]
+        tagged = [rec for rec in records if rec.get("request_id") == rid]
         if tagged or time.monotonic() > deadline:
             break
         time.sleep(0.05)
@@ -105,16 +108,17 @@ def test_node_log_lines_carry_the_request_id(net: dict) -> None:
 
 def test_gateway_log_lines_carry_the_request_id(net: dict) -> None:
     # The gateway writes its access line while handling the request, tagged with its id.
-    r = _chat(net["gw"], "m", {"X-Request-ID": "trace-gw-1"})
+    r = _chat(net["gw"], "m", {})
     assert r.status_code == 200
+    rid = r.headers["x-tooti-request-id"]
     log = net["gw"].proc.log
     deadline = time.monotonic() + 10
-    while not (
-        found := [x for x in log.read_text().splitlines(keepends=True) if "trace-gw-1" in x]
-    ) or not found[0].endswith("\n"):  # a line still being written is not read half
+    while not (found := [x for x in log.read_text().splitlines(keepends=True) if rid in x]) or not found[
+        0
+    ].endswith("\n"):  # a line still being written is not read half
         assert time.monotonic() < deadline, log.read_text()[-2000:]
         time.sleep(0.05)
     # (The previous test's failure may also end an outage here, in a line tagged the same.)
     (line,) = [r for r in map(json.loads, found) if r["logger"] == "tooti.access"]
-    assert line["request_id"] == "trace-gw-1"
+    assert line["request_id"] == rid
     assert line["status"] == 200 and line["model"] == "m" and isinstance(line["latency_ms"], int)

@@ -55,6 +55,7 @@ from tooti._yaml_positions import Problem
 __all__ = [
     "DATABASE_URL_ENV",
     "AdminSection",
+    "AdmissionSection",
     "BackendSection",
     "CheckResult",
     "ConfigError",
@@ -182,8 +183,14 @@ class GatewaySection:
     identity_key_file: Path = Path("gateway.key")  # relative: to cwd when no file
     http_listen: str = "127.0.0.1:8080"
     max_body_bytes: int = 4 * 1024 * 1024
+    # A non-streamed answer larger than this is refused with 502 and its backend request
+    # cancelled, so a node that never ends an answer cannot grow the gateway without bound.
+    max_response_bytes: int = 32 * 1024 * 1024
     auth: Literal["keys", "open"] = "keys"
     id: str | None = None  # None: derived from the peer id at startup
+    # Browser origins allowed to call the API (CORS), e.g. "http://localhost:3000"; "*" for
+    # any. Empty: no CORS headers at all, so browsers on other origins are refused.
+    cors_origins: tuple[str, ...] = ()
 
     @property
     def http_host(self) -> str:
@@ -234,11 +241,21 @@ class RoutingSection:
 
 
 @dataclass(frozen=True)
+class AdmissionSection:
+    """The ``admission:`` section: the gateway's queue for requests every node is too busy for."""
+
+    queue_timeout_sec: float = 30.0  # then 503 + Retry-After
+    max_queued: int = 4096  # across all callers; beyond it 503 at once
+    max_queued_per_key: int = 1024  # one caller's share; beyond it 429 at once
+
+
+@dataclass(frozen=True)
 class GatewayTimeouts:
     """The gateway's ``timeouts:`` section, in seconds."""
 
     first_token_sec: float = 60.0
     total_sec: float = 600.0
+    idle_sec: float = 60.0  # longest silence between two pieces of an answer
 
 
 @dataclass(frozen=True)
@@ -270,6 +287,7 @@ class GatewayConfig:
     database: DatabaseSection = field(default_factory=DatabaseSection)
     registry: RegistrySection = field(default_factory=RegistrySection)
     routing: RoutingSection = field(default_factory=RoutingSection)
+    admission: AdmissionSection = field(default_factory=AdmissionSection)
     timeouts: GatewayTimeouts = field(default_factory=GatewayTimeouts)
     metrics: GatewayMetricsSection = field(default_factory=GatewayMetricsSection)
     admin: AdminSection = field(default_factory=AdminSection)
@@ -391,8 +409,10 @@ _GATEWAY_SCHEMA = _yp.Section(
                     "identity_key_file": _yp.Field(_key_file),
                     "http_listen": _yp.Field(_host_port),
                     "max_body_bytes": _yp.Field(_yp.integer(1024)),
+                    "max_response_bytes": _yp.Field(_yp.integer(1024)),
                     "auth": _yp.Field(_yp.one_of("keys", "open")),
                     "id": _yp.Field(_yp.nonempty_string),
+                    "cors_origins": _yp.Field(_yp.list_of(_yp.nonempty_string)),
                 },
                 post=_gateway_section_post,
             )
@@ -422,12 +442,23 @@ _GATEWAY_SCHEMA = _yp.Section(
                 },
             )
         ),
+        "admission": _yp.Field(
+            section=_yp.Section(
+                AdmissionSection,
+                {
+                    "queue_timeout_sec": _SECONDS,
+                    "max_queued": _yp.Field(_yp.integer(0)),
+                    "max_queued_per_key": _yp.Field(_yp.integer(0)),
+                },
+            )
+        ),
         "timeouts": _yp.Field(
             section=_yp.Section(
                 GatewayTimeouts,
                 {
                     "first_token_sec": _SECONDS,
                     "total_sec": _SECONDS,
+                    "idle_sec": _SECONDS,
                 },
                 post=_timeouts_post,
             )

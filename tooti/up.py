@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from tooti import config, llamacpp
+from tooti.gateway.http.asgi import LOCALHOST_ORIGINS
 from tooti.network_cli import write_private
 from tooti.p2p import keys, membership
 
@@ -105,7 +106,10 @@ async def run_up(*, port: int, p2p_port: int, backend: str, data_dir: str) -> No
     network_key, network_id = _network_identity(home)
     gcfg = config.GatewayConfig(
         gateway=config.GatewaySection(
-            identity_key_file=home / "gateway.key", http_listen=f"127.0.0.1:{port}", auth="open"
+            identity_key_file=home / "gateway.key",
+            http_listen=f"127.0.0.1:{port}",
+            auth="open",
+            cors_origins=LOCALHOST_ORIGINS,
         ),
         network=config.GatewayNetwork(
             listen=(f"/ip4/127.0.0.1/tcp/{p2p_port}",), id=network_id, key_file=network_key

@@ -1,26 +1,18 @@
-"""OpenAI-shaped errors: one constructor, so every failure a client sees has the same shape."""
+"""OpenAI-shaped errors: one exception, so every failure a client sees has the same shape.
+
+Raised anywhere in request handling (dispatch, admission, the HTTP layer) and turned into a
+response in one place (``http.responses``).
+"""
 
 from __future__ import annotations
 
-import json
+from typing import Any
 
-_TYPES = {
-    400: "invalid_request_error",
-    401: "invalid_request_error",
-    403: "permission_error",
-    404: "invalid_request_error",
-    405: "invalid_request_error",
-    413: "invalid_request_error",
-    429: "rate_limit_error",
-    500: "server_error",
-    502: "server_error",
-    503: "server_error",
-    504: "server_error",
-}
+from tooti.openai_shapes import error_dict, error_type, sse_error_event
 
 
 class HTTPError(Exception):
-    """Raised anywhere in request handling; the app turns it into an OpenAI error response."""
+    """An error the client gets as ``{"error": {...}}`` with ``status``."""
 
     def __init__(
         self,
@@ -30,6 +22,7 @@ class HTTPError(Exception):
         code: str | None = None,
         param: str | None = None,
         headers: dict[str, str] | None = None,
+        type_: str | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -37,27 +30,19 @@ class HTTPError(Exception):
         self.code = code
         self.param = param
         self.headers = headers or {}
-        #: an OpenAI error document from a backend, passed through as-is when set
-        self.raw_body: bytes | None = None
+        self.type = type_ or error_type(status)
 
-    def body(self) -> dict[str, object]:
-        return error_body(self.status, self.message, code=self.code, param=self.param)
+    def body(self) -> dict[str, Any]:
+        return error_dict(self.status, self.message, code=self.code, param=self.param, type_=self.type)
+
+    def sse_event(self) -> bytes:
+        return sse_error_event(self.status, self.message, self.code, param=self.param)
 
 
 def error_body(
     status: int, message: str, *, code: str | None = None, param: str | None = None
-) -> dict[str, object]:
-    return {
-        "error": {
-            "message": message,
-            "type": _TYPES.get(status, "server_error"),
-            "param": param,
-            "code": code,
-        }
-    }
+) -> dict[str, Any]:
+    return error_dict(status, message, code=code, param=param)
 
 
-def sse_error_event(status: int, message: str, code: str | None) -> bytes:
-    """The event that ends a stream which failed after its first byte (OpenAI streams errors
-    as a data event carrying an ``error`` object)."""
-    return b"data: " + json.dumps(error_body(status, message, code=code)).encode() + b"\n\n"
+__all__ = ["HTTPError", "error_body", "sse_error_event"]

@@ -56,6 +56,7 @@ NODE_FAILURE_KINDS = (
     "timeout",  # no first byte in time
     "busy",  # refused: at capacity
     "model_not_found",  # refused: no longer serves the model
+    "unsupported_route",  # refused: its backend lacks the route
     "backend_error",  # answered with a 5xx error of its backend
     "mid_answer",  # broke during a non-streamed answer
     "mid_stream",  # broke during a stream
@@ -227,15 +228,12 @@ class GatewayMetrics:
         timer: StreamTimer | None = None,
     ) -> None:
         """Count a request a node answered (or failed): status, latency, tokens, TTFT, gaps."""
-        if entry is not None:
-            # The client's name may be `namespace:model`; the label is the model the node
-            # announced (namespace is a label of its own).
-            served = entry.models
-            if entry.namespace and model.startswith(entry.namespace + ":"):
-                model = model[len(entry.namespace) + 1 :]
-            model = self._models(model, served.__contains__)
-        else:
-            model = OTHER
+        # The client's name may be `namespace:model`; the label is the bare model, which must
+        # be one the serving node announced (or one already labelled: the node may be gone).
+        if namespace and model.startswith(namespace + ":"):
+            model = model[len(namespace) + 1 :]
+        served = entry.models if entry is not None else frozenset()
+        model = self._models(model, served.__contains__)
         ns = self._namespaces(namespace, lambda n: n in self.node_registry.namespaces()) if namespace else ""
         now = time.perf_counter()
         children = self._children
@@ -283,9 +281,6 @@ class GatewayMetrics:
     def retried(self) -> None:
         self._retries.inc()
 
-    def failed_over(self) -> None:
-        self._failovers.inc()
-
     def node_failure(self, kind: str, peer_id: str = "") -> None:
         """Count a failed or refused attempt; ``kind`` is one of ``NODE_FAILURE_KINDS``.
 
@@ -297,11 +292,26 @@ class GatewayMetrics:
         if peer_id and kind in ("before_head", "timeout", "mid_answer"):
             self.outages.failure(peer_id, kind.replace("_", " "))
 
-    def node_error(self, peer_id: str, status: int, code: str | None) -> None:
-        """A node answered an attempt with an error status (before any byte reached the client)."""
-        if code in ("busy", "model_not_found"):
-            self.node_failure(code, peer_id)
-        elif status >= 500:
+    def served(self, failures: int) -> None:
+        """An attempt succeeded (its head said 200) after ``failures`` failed ones."""
+        if failures:
+            self._failovers.inc()
+
+    def refused(self, peer_id: str, answer: object) -> None:
+        """A node answered an attempt with an error head; ``answer`` is what the dispatcher
+        made of it: "busy", ("elsewhere", error) or the error the client gets."""
+        if answer == "busy":
+            self.node_failure("busy", peer_id)
+            return
+        error = answer[1] if isinstance(answer, tuple) else answer
+        code, status = getattr(error, "code", None), getattr(error, "status", 0)
+        if code == "model_not_found":
+            self.node_failure("model_not_found", peer_id)
+        elif code == "unsupported_route":
+            self.node_failure("unsupported_route", peer_id)
+        elif code == "node_failure":
+            self.node_failure("before_head", peer_id)
+        elif isinstance(status, int) and status >= 500:
             self._failures["backend_error"].inc()
             self.outages.failure(peer_id, f"backend error {status} {code or ''}".rstrip())
 
@@ -344,6 +354,12 @@ class _StateCollector(Collector):
         nodes.add_metric(["unhealthy"], sum(1 for e in live if not e.healthy))
         nodes.add_metric(["evicted"], len(entries) - len(live))
         yield nodes
+        admission = getattr(getattr(self._m.gateway, "dispatcher", None), "admission", None)
+        yield GaugeMetricFamily(
+            "tooti_gateway_requests_queued",
+            "Requests waiting in the admission queue for a node with a free slot.",
+            value=getattr(admission, "depth", 0),
+        )
         yield GaugeMetricFamily(
             "tooti_gateway_exchanges_in_flight",
             "Exchanges this gateway has open with nodes right now (requests in flight).",

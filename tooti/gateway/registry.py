@@ -17,6 +17,8 @@ import trio
 
 from tooti.wire import pb
 
+_MAX_REMEMBERED = 10_000  # (namespace, model) pairs kept for "known but unavailable"
+
 
 @dataclasses.dataclass
 class NodeEntry:
@@ -37,21 +39,36 @@ class NodeEntry:
     local_in_flight: int = 0  # exchanges this gateway has open to the node right now
     failures: int = 0
     cooldown_until: float = 0.0
+    # Until then the node is taken as full: it answered "busy" (its slots are held by other
+    # gateways' requests, which this gateway cannot count).
+    saturated_until: float = 0.0
+    # Paths the node answered 501 unsupported_route for (its backend lacks them): learned
+    # from its answers, reset when it rejoins.
+    unsupported: set[str] = dataclasses.field(default_factory=set)
 
     def load(self) -> int:
-        """Best estimate of the node's current load: what it said, or what we know we sent."""
-        return max(self.in_flight, self.local_in_flight)
+        """This gateway's own open exchanges with the node: exact and current for its own
+        traffic. The heartbeat's ``in_flight`` is seconds old and counts those same requests,
+        so it is shown but never used to refuse: other gateways' load shows up as ``busy``
+        answers instead (see ``saturated_until``)."""
+        return self.local_in_flight
 
-    def free(self) -> int:
-        return self.capacity - self.load()
+    def free(self, now: float | None = None) -> int:
+        """Slots this gateway may still use on the node."""
+        if self.saturated_until and (time.monotonic() if now is None else now) < self.saturated_until:
+            return 0
+        return max(0, self.capacity - self.local_in_flight)
 
 
 class Registry:
-    def __init__(self, *, ttl: float) -> None:
+    def __init__(self, *, ttl: float, remember_sec: float = 86400.0) -> None:
         self.ttl = ttl
         self._nodes: dict[str, NodeEntry] = {}
         self.rejected_heartbeats = 0
         self._changed = trio.Event()
+        #: (namespace, model) -> when a node last offered it (monotonic); see ``known``
+        self._offered: dict[tuple[str, str], float] = {}
+        self._remember = remember_sec
 
     def update(self, peer_id: str, ann: pb.Announcement, *, now: float | None = None) -> NodeEntry | None:
         """Insert or refresh the entry for ``peer_id`` from an announcement it was verified to
@@ -74,6 +91,12 @@ class Registry:
             last_seen=now,
             last_heartbeat_ms=ann.timestamp_ms,
         )
+        for m in fields["models"]:
+            self._offered[(ann.namespace, m)] = now
+        if len(self._offered) > _MAX_REMEMBERED:
+            # A node could announce endless names: keep the most recently offered ones.
+            keep = sorted(self._offered.items(), key=lambda kv: kv[1])[-_MAX_REMEMBERED // 2 :]
+            self._offered = dict(keep)
         if entry is None:
             entry = NodeEntry(peer_id=peer_id, **fields)
             self._nodes[peer_id] = entry
@@ -117,6 +140,15 @@ class Registry:
             for e in self.live()
             if e.healthy and model in e.models and (namespaces is None or e.namespace in namespaces)
         ]
+
+    def known(self, model: str, namespaces: set[str] | None, now: float | None = None) -> bool:
+        """Whether a node offered ``model`` (within ``namespaces`` when given) in the last
+        ``remember_sec``: the model is then temporarily unavailable, not unknown."""
+        now = time.monotonic() if now is None else now
+        return any(
+            m == model and (namespaces is None or ns in namespaces) and now - at <= self._remember
+            for (ns, m), at in self._offered.items()
+        )
 
     def model_ids(self) -> list[tuple[str, str]]:
         """(model id, owner) pairs for /v1/models: ``model`` for every model, plus

@@ -31,7 +31,7 @@ def choose(candidates: list[NodeEntry], exclude: set[str], *, now: float | None 
     """Pick a node with free capacity not in ``exclude``; nodes in cool-down only when
     nothing else is left. None when no candidate has capacity."""
     now = time.monotonic() if now is None else now
-    pool = [e for e in candidates if e.peer_id not in exclude and e.free() > 0]
+    pool = [e for e in candidates if e.peer_id not in exclude and e.free(now) > 0]
     warm = [e for e in pool if e.cooldown_until <= now]
     pool = warm or pool
     if not pool:

@@ -23,10 +23,10 @@ from tooti.p2p.host import build_host, dialable, guarded, harden
 from tooti.p2p.identity import load_or_create
 from tooti.wire import pb
 
-from .admin_http import AdminAccess
 from .app import Accounts, create_app
 from .control import NamespaceCheck
 from .core import Gateway
+from .http import _hypercorn
 
 if TYPE_CHECKING:
     from trio_typing import TaskStatus  # the stubs mypy reads for trio (installed with libp2p)
@@ -112,14 +112,18 @@ async def run_gateway(
         return await gw.peering.wait_member(str(peer), timeout=_ADMIT_WAIT)
 
     harden(host, members_only=members_only, admit=admit)
-    app = create_app(
-        gw, max_body_bytes=cfg.gateway.max_body_bytes, accounts=accounts, admin=AdminAccess.from_config(cfg)
-    )
+    app = create_app(gw, cfg, accounts=accounts)
+    _hypercorn.apply()
     hc = HypercornConfig()
     hc.bind = [cfg.gateway.http_listen]
     hc.accesslog = None
     hc.errorlog = logging.getLogger("hypercorn.error")
-    hc.keep_alive_timeout = 75
+    # Hypercorn's timeouts, set on purpose so none lies below tooti's own (timeouts.*):
+    hc.keep_alive_timeout = 75  # idle keep-alive connections (no request in progress)
+    hc.read_timeout = None  # a streaming client sends nothing for minutes; tooti times bodies
+    hc.h11_max_incomplete_size = 64 * 1024  # request line + headers
+    hc.max_app_queue_size = 10  # ASGI messages buffered per request (body chunks)
+    hc.graceful_timeout = 5  # on shutdown, time for streams in flight to finish
     async with host.run(listen_addrs=[Multiaddr(a) for a in cfg.network.listen]):
         try:
             p2p = dialable(list(cfg.network.announce) or [str(a) for a in host.get_addrs()], gw.peer_id)

@@ -36,6 +36,8 @@ _ROUTES: dict[int, RouteName] = {
     pb.ROUTE_CHAT: "chat",
     pb.ROUTE_COMPLETIONS: "completions",
     pb.ROUTE_EMBEDDINGS: "embeddings",
+    pb.ROUTE_RESPONSES: "responses",
+    pb.ROUTE_PASSTHROUGH: "passthrough",
 }
 
 
@@ -134,7 +136,8 @@ class InferenceService:
             else False
         )
         body["model"] = req.model
-        if req.want_usage and body.get("stream"):
+        # stream_options exists on the chat and completions routes only.
+        if req.want_usage and body.get("stream") and route in ("chat", "completions"):
             opts: dict[str, object] = (
                 body["stream_options"] if isinstance(body.get("stream_options"), dict) else {}
             )
@@ -149,7 +152,8 @@ class InferenceService:
         first_at: float | None = None
         try:
             with trio.move_on_after(max(0.0, deadline - time.time())) as timer:
-                async with self._backend.open(Request(route, body, client_usage)) as reply:
+                request = Request(route, body, client_usage, method=req.method or "POST", path=req.path)
+                async with self._backend.open(request) as reply:
                     await stream.write(
                         encode(
                             pb.ResponseFrame(

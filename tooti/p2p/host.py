@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -188,9 +189,7 @@ def guarded(name: str) -> Callable[[StreamHandler], StreamHandler]:
             except BaseException as exc:
                 if _is_cancellation(exc) or isinstance(exc, (KeyboardInterrupt, SystemExit)):
                     raise
-                log.warning(
-                    "%s handler failed for peer %s: %s: %s", name, _safe_peer(stream), type(exc).__name__, exc
-                )
+                _failures.note(name, _safe_peer(stream), exc)
                 with trio.CancelScope(shield=True), trio.move_on_after(1):
                     try:
                         await stream.reset()
@@ -201,6 +200,33 @@ def guarded(name: str) -> Callable[[StreamHandler], StreamHandler]:
         return wrapper
 
     return decorate
+
+
+class _FailureLog:
+    """Logs handler failures, at most ``burst`` lines per protocol per ``window`` seconds:
+    a peer sending garbage as fast as it can must not fill the disk. Suppressed failures are
+    counted and reported in the next line that gets through."""
+
+    def __init__(self, *, burst: int = 5, window: float = 60.0) -> None:
+        self._burst, self._window = burst, window
+        self._state: dict[str, tuple[float, int, int]] = {}  # name -> (window start, logged, suppressed)
+        self.total = 0
+
+    def note(self, name: str, peer: str, exc: BaseException) -> None:
+        self.total += 1
+        now = time.monotonic()
+        start, logged, suppressed = self._state.get(name, (now, 0, 0))
+        if now - start > self._window:
+            start, logged = now, 0
+        if logged >= self._burst:
+            self._state[name] = (start, logged, suppressed + 1)
+            return
+        more = f" ({suppressed} more since the last report)" if suppressed else ""
+        log.warning("%s handler failed for peer %s: %s: %s%s", name, peer, type(exc).__name__, exc, more)
+        self._state[name] = (start, logged + 1, 0)
+
+
+_failures = _FailureLog()
 
 
 def _is_cancellation(exc: BaseException) -> bool:

@@ -215,15 +215,18 @@ def _usage_dict(usage: Usage) -> dict[str, int]:
 
 
 def _ollama_error(body: bytes) -> str | None:
-    """The message of Ollama's ``{"error": "..."}``, or the body as text."""
+    """The message of Ollama's ``{"error": "..."}`` (or ``{"error": {"message": ...}}``), or the
+    body as text; never a JSON document stringified into the message."""
     try:
         obj = json.loads(body)
     except ValueError:
         text = body.decode("utf-8", "replace").strip()
         return text[:1000] or None
-    if isinstance(obj, dict) and obj.get("error") is not None:
-        error = obj["error"]
-        return error if isinstance(error, str) else json.dumps(error)
+    error = obj.get("error") if isinstance(obj, dict) else None
+    if isinstance(error, str):
+        return error[:1000] or None
+    if isinstance(error, dict) and isinstance(error.get("message"), str):
+        return error["message"][:1000] or None
     return None
 
 
@@ -231,18 +234,27 @@ _ERROR_CODES = {
     400: "invalid_request",
     401: "backend_unauthorized",
     403: "backend_forbidden",
-    404: "model_not_found",  # Ollama's only 404 on these routes is an unknown model
     413: "request_too_large",
     429: "rate_limit_exceeded",
 }
 
 
+def _error_code(status: int, message: str) -> str:
+    """The OpenAI-style code for an Ollama error. A 404 is ``model_not_found`` only when
+    Ollama says so (``model "x" not found``); an unknown route is a plain ``not_found``."""
+    if status == 404:
+        lowered = message.lower()
+        return "model_not_found" if "model" in lowered and "not found" in lowered else "not_found"
+    return _ERROR_CODES.get(status, "backend_error")
+
+
 def _error_document(status: int, message: str, *, param: str | None = None) -> bytes:
+    code = _error_code(status, message)
     error = {
         "message": message,
         "type": "invalid_request_error" if 400 <= status < 500 else "server_error",
-        "param": param,
-        "code": _ERROR_CODES.get(status, "backend_error"),
+        "param": param if param is not None else ("model" if code == "model_not_found" else None),
+        "code": code,
     }
     return _dumps({"error": error})
 

@@ -9,9 +9,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from tooti.openai_shapes import DONE, error_json
+
 from .base import Usage
 
-DONE = b"data: [DONE]"
+__all__ = ["DONE", "EventSplitter", "error_body", "inspect_event", "sse", "usage_from"]
 
 
 class EventSplitter:
@@ -36,12 +38,22 @@ class EventSplitter:
 
 
 def usage_from(obj: dict[str, Any]) -> Usage | None:
+    """Usage of a chat/completions/embeddings document or chunk, or of a Responses API
+    document or its ``response.completed`` event (``input_tokens``/``output_tokens``)."""
     u = obj.get("usage")
+    if not isinstance(u, dict) and isinstance(obj.get("response"), dict):
+        u = obj["response"].get("usage")
     if not isinstance(u, dict):
         return None
-    prompt = int(u.get("prompt_tokens") or 0)
-    completion = int(u.get("completion_tokens") or 0)
-    return Usage(prompt, completion, int(u.get("total_tokens") or prompt + completion))
+    prompt = _count(u.get("prompt_tokens", u.get("input_tokens")))
+    completion = _count(u.get("completion_tokens", u.get("output_tokens")))
+    return Usage(prompt, completion, _count(u.get("total_tokens")) or prompt + completion)
+
+
+def _count(value: object) -> int:
+    """A token count as reported; anything but a non-negative integer counts as 0 (the
+    gateway checks counts against what it relayed anyway)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
 
 
 def inspect_event(event: bytes) -> tuple[Usage | None, bool]:
@@ -64,4 +76,5 @@ def sse(obj: dict[str, Any]) -> bytes:
 
 
 def error_body(message: str, *, type_: str = "api_error", code: str | None = None) -> bytes:
-    return json.dumps({"error": {"message": message, "type": type_, "param": None, "code": code}}).encode()
+    """An OpenAI error document (the shape is defined once, in ``tooti.openai_shapes``)."""
+    return error_json(500, message, code=code, type_=type_)

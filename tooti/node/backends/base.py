@@ -28,7 +28,10 @@ from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Literal
 
-RouteName = Literal["chat", "completions", "embeddings"]
+from tooti.openai_shapes import error_json
+
+#: "responses" is OpenAI's Responses API; "passthrough" any other route, by method and path.
+RouteName = Literal["chat", "completions", "embeddings", "responses", "passthrough"]
 
 
 class BackendError(Exception):
@@ -58,6 +61,8 @@ class Request:
     route: RouteName
     body: dict[str, Any]
     client_usage: bool = False
+    method: str = "POST"
+    path: str = ""  # the client's path, e.g. "/v1/rerank" (what "passthrough" relays to)
 
     @property
     def stream(self) -> bool:
@@ -77,6 +82,22 @@ async def single(raw: bytes) -> AsyncIterator[bytes]:
     yield raw
 
 
+def unsupported(request: Request, kind: str) -> Reply:
+    """The answer for a route an adapter cannot relay: 501 in OpenAI's error shape."""
+    what = request.path or request.route
+    return Reply(
+        501,
+        "application/json",
+        single(
+            error_json(
+                501,
+                f"this node's backend ({kind}) does not serve {request.method} {what}",
+                code="unsupported_route",
+            )
+        ),
+    )
+
+
 class Backend(abc.ABC):
     """A local inference server the node relays to. One instance per node process."""
 
@@ -90,6 +111,9 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     async def healthy(self) -> bool:
         """True when the backend answers; never raises."""
+
+    #: the routes this adapter can relay; others are answered 501 ``unsupported_route``
+    routes: frozenset[str] = frozenset({"chat", "completions", "embeddings"})
 
     @abc.abstractmethod
     def open(self, request: Request) -> AbstractAsyncContextManager[Reply]:

@@ -18,7 +18,7 @@ from typing import Any
 import trio
 
 from ._sse import error_body, sse
-from .base import Backend, Reply, Request, Usage, single
+from .base import Backend, Reply, Request, Usage, single, unsupported
 
 MODEL = "loopback"
 
@@ -34,6 +34,9 @@ class LoopbackBackend(Backend):
 
     @asynccontextmanager
     async def open(self, request: Request) -> AsyncIterator[Reply]:
+        if request.route not in self.routes:
+            yield unsupported(request, "loopback")
+            return
         body = request.body
         model = str(body.get("model") or MODEL)
         if request.route == "embeddings":

@@ -43,7 +43,7 @@ from tooti import _trace
 
 from ._ollama_reply import _dumps, _error_document, _ollama_error, _StreamTranslator
 from ._ollama_request import _BadRequest, _encode, _Plan, _plan
-from .base import Backend, BackendError, Reply, Request, single
+from .base import Backend, BackendError, Reply, Request, single, unsupported
 
 __all__ = ["OllamaBackend"]
 
@@ -99,6 +99,10 @@ class OllamaBackend(Backend):
 
     @contextlib.asynccontextmanager
     async def open(self, request: Request) -> AsyncIterator[Reply]:
+        if request.route not in self.routes:
+            # Ollama's native API has no Responses API and none of the other OpenAI routes.
+            yield unsupported(request, "ollama")
+            return
         try:
             plan = _plan(request)
             content = _encode(plan.payload)

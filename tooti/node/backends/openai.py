@@ -16,15 +16,26 @@ from typing import Any
 import httpx
 
 from tooti import _trace
+from tooti.openai_shapes import error_json
 
-from ._sse import DONE, EventSplitter, error_body, inspect_event, usage_from
-from .base import Backend, BackendError, Reply, Request, single
+from ._sse import DONE, EventSplitter, inspect_event, usage_from
+from .base import Backend, BackendError, Reply, Request, single, unsupported
 
-_PATHS = {"chat": "/v1/chat/completions", "completions": "/v1/completions", "embeddings": "/v1/embeddings"}
+_PATHS = {
+    "chat": "/v1/chat/completions",
+    "completions": "/v1/completions",
+    "embeddings": "/v1/embeddings",
+    "responses": "/v1/responses",
+}
+# Answers of passthrough routes are relayed as the backend sent them, up to this size.
+_PASSTHROUGH_MAX = 32 * 1024 * 1024
 
 
 class OpenAIBackend(Backend):
+    """Relays every route: the OpenAI-compatible server answers (or refuses) it itself."""
+
     kind = "openai"
+    routes = frozenset({"chat", "completions", "embeddings", "responses", "passthrough"})
 
     def __init__(self, base_url: str, client: httpx.AsyncClient, *, api_key: str | None = None) -> None:
         base = base_url.rstrip("/")
@@ -51,18 +62,25 @@ class OpenAIBackend(Backend):
 
     @asynccontextmanager
     async def open(self, request: Request) -> AsyncIterator[Reply]:
-        url = self._base + _PATHS[request.route]
+        if request.route not in self.routes:
+            yield unsupported(request, self.kind)
+            return
+        path = request.path if request.route == "passthrough" else _PATHS[request.route]
+        url = self._base + path
         content = json.dumps(request.body, separators=(",", ":")).encode()
         headers = {**self._headers, "Content-Type": "application/json", **_trace.headers()}
+        method = request.method if request.route == "passthrough" else "POST"
         try:
             response = await self._client.send(
-                self._client.build_request("POST", url, content=content, headers=headers), stream=True
+                self._client.build_request(method, url, content=content, headers=headers), stream=True
             )
         except httpx.HTTPError as exc:
             raise BackendError(f"backend unreachable: {type(exc).__name__}") from None
         try:
             if response.status_code != 200:
                 yield await _error_reply(response)
+            elif request.route == "passthrough" and not request.stream:
+                yield await _raw_reply(response)
             elif request.stream and response.headers.get("content-type", "").startswith("text/event-stream"):
                 reply = Reply(200, "text/event-stream", single(b""))
                 # The generator records usage on the reply it belongs to as it sees it.
@@ -80,21 +98,44 @@ async def _error_reply(response: httpx.Response) -> Reply:
     except httpx.HTTPError as exc:
         raise BackendError(f"backend failed: {type(exc).__name__}") from None
     # Backends disagree on error shapes (llama.cpp sends an integer code, some send text);
-    # clients get OpenAI's shape with the backend's message in it.
-    message, type_, code = f"backend returned HTTP {response.status_code}", "api_error", "backend_error"
+    # clients get OpenAI's shape with the backend's message, type, param and code kept when
+    # they are strings (an integer code such as llama.cpp's only repeats the status).
+    message, type_ = f"backend returned HTTP {response.status_code}", None
+    param = code = None
     try:
-        err = json.loads(raw).get("error")
+        doc = json.loads(raw)
+        err = doc.get("error") if isinstance(doc, dict) else None
         if isinstance(err, dict):
             message = str(err.get("message") or message)
-            type_ = str(err.get("type") or type_)
-            code = str(err["code"]) if isinstance(err.get("code"), str) else code
+            type_ = err["type"] if isinstance(err.get("type"), str) else None
+            param = err["param"] if isinstance(err.get("param"), str) else None
+            code = err["code"] if isinstance(err.get("code"), str) else None
         elif isinstance(err, str):
             message = err
-    except (ValueError, AttributeError):
+        elif isinstance(doc, dict) and isinstance(doc.get("detail"), str):
+            message = doc["detail"]
+    except (ValueError, UnicodeDecodeError):
         message = f"{message}: {raw.decode(errors='replace')[:300]}"
+    status = response.status_code
     return Reply(
-        response.status_code, "application/json", single(error_body(message, type_=type_, code=code))
+        status, "application/json", single(error_json(status, message, code=code, param=param, type_=type_))
     )
+
+
+async def _raw_reply(response: httpx.Response) -> Reply:
+    """A passthrough route's answer, bytes and content type as the backend sent them."""
+    parts: list[bytes] = []
+    size = 0
+    try:
+        async for chunk in response.aiter_raw():
+            size += len(chunk)
+            if size > _PASSTHROUGH_MAX:
+                raise BackendError("backend answer too large", status=502, code="response_too_large")
+            parts.append(chunk)
+    except httpx.HTTPError as exc:
+        raise BackendError(f"backend failed: {type(exc).__name__}") from None
+    content_type = response.headers.get("content-type", "application/json")
+    return Reply(200, content_type, single(b"".join(parts)))
 
 
 async def _whole_reply(response: httpx.Response, route: str) -> Reply:
@@ -133,7 +174,7 @@ async def _stream_blocks(response: httpx.Response, request: Request, reply: Repl
     """Yield complete SSE events, coalescing everything one read delivered into one block."""
     splitter = EventSplitter()
     try:
-        async for chunk in response.aiter_raw():
+        async for chunk in response.aiter_bytes():
             out: list[bytes] = []
             for event in splitter.feed(chunk):
                 if event.startswith(DONE):

@@ -13,19 +13,25 @@ class Route(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ROUTE_CHAT: _ClassVar[Route]
     ROUTE_COMPLETIONS: _ClassVar[Route]
     ROUTE_EMBEDDINGS: _ClassVar[Route]
+    ROUTE_RESPONSES: _ClassVar[Route]
+    ROUTE_PASSTHROUGH: _ClassVar[Route]
 ROUTE_UNSPECIFIED: Route
 ROUTE_CHAT: Route
 ROUTE_COMPLETIONS: Route
 ROUTE_EMBEDDINGS: Route
+ROUTE_RESPONSES: Route
+ROUTE_PASSTHROUGH: Route
 
 class InferenceRequest(_message.Message):
-    __slots__ = ("request_id", "route", "body", "model", "deadline_unix_ms", "want_usage", "traceparent")
+    __slots__ = ("request_id", "route", "body", "model", "deadline_unix_ms", "want_usage", "method", "path", "traceparent")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     ROUTE_FIELD_NUMBER: _ClassVar[int]
     BODY_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     DEADLINE_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     WANT_USAGE_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
     TRACEPARENT_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     route: Route
@@ -33,8 +39,10 @@ class InferenceRequest(_message.Message):
     model: str
     deadline_unix_ms: int
     want_usage: bool
+    method: str
+    path: str
     traceparent: str
-    def __init__(self, request_id: _Optional[str] = ..., route: _Optional[_Union[Route, str]] = ..., body: _Optional[bytes] = ..., model: _Optional[str] = ..., deadline_unix_ms: _Optional[int] = ..., want_usage: _Optional[bool] = ..., traceparent: _Optional[str] = ...) -> None: ...
+    def __init__(self, request_id: _Optional[str] = ..., route: _Optional[_Union[Route, str]] = ..., body: _Optional[bytes] = ..., model: _Optional[str] = ..., deadline_unix_ms: _Optional[int] = ..., want_usage: _Optional[bool] = ..., method: _Optional[str] = ..., path: _Optional[str] = ..., traceparent: _Optional[str] = ...) -> None: ...
 
 class Cancel(_message.Message):
     __slots__ = ("request_id",)
