@@ -146,7 +146,8 @@ def test_requests_tokens_and_latencies_counted_exactly(net: dict) -> None:
     for node in net["nodes"]:
         assert value(after, "tooti_gateway_node_up", node=node.peer_id, namespace="") == 1
         assert value(after, "tooti_gateway_node_capacity", node=node.peer_id, namespace="") == 4
-    assert total(after, "tooti_gateway_heartbeats_received_total") > 0
+    # Heartbeats come every second; the first may not have arrived yet.
+    _wait(lambda: total(scrape(url), "tooti_gateway_heartbeats_received_total") > 0)
 
 
 def test_node_metrics_serves_only_metrics(net: dict) -> None:

@@ -80,3 +80,14 @@ def test_excluded_nodes_are_skipped() -> None:
     a, b = _node("a"), _node("b")
     assert choose([a, b], {"a"}) is b
     assert choose([a, b], {"a", "b"}) is None
+
+
+def test_what_the_gateway_measured_outranks_what_a_node_claims() -> None:
+    """A node claiming a 1 ms TTFT that this gateway timed at 900 ms loses to an honest node
+    timed at 60 ms: self-reports are only a stand-in until the gateway has measured."""
+    liar, honest = _node("liar", ttft=1.0, tps=50.0), _node("honest", ttft=80.0, tps=50.0)
+    for _ in range(5):
+        liar.observe_ttft(900.0)
+        honest.observe_ttft(60.0)
+    picks = Counter(choose([liar, honest], set()).peer_id for _ in range(200))  # type: ignore[union-attr]
+    assert picks["honest"] == 200

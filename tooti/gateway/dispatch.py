@@ -240,6 +240,7 @@ class Dispatcher:
             if attempts:
                 self.metrics.retried()
             attempts += 1
+            sent = time.monotonic()
             try:
                 ex = await start_exchange(
                     self._pool,
@@ -271,6 +272,7 @@ class Dispatcher:
                 admission.release(entry)
                 raise
             opened = Opened(ex, entry, entry.namespace, model, call.path)
+            entry.observe_ttft((time.monotonic() - sent) * 1000)
             if ex.head.status != 200:
                 retry = await self._refused(opened)
                 self.metrics.refused(entry.peer_id, retry)

@@ -46,6 +46,13 @@ class NodeEntry:
     # from its answers, reset when it rejoins.
     unsupported: set[str] = dataclasses.field(default_factory=set)
 
+    # What this gateway measured itself: time from sending a request to the node's answer
+    # starting (EMA, ms; 0 until measured). Routing prefers it to the node's own claim.
+    observed_ttft_ms: float = 0.0
+
+    def observe_ttft(self, ms: float) -> None:
+        self.observed_ttft_ms = ms if not self.observed_ttft_ms else 0.8 * self.observed_ttft_ms + 0.2 * ms
+
     def load(self) -> int:
         """This gateway's own open exchanges with the node: exact and current for its own
         traffic. The heartbeat's ``in_flight`` is seconds old and counts those same requests,

@@ -21,7 +21,9 @@ def score(e: NodeEntry, *, ttft_default: float = 200.0, tps_default: float = 20.
     """Lower is better: expected wait, driven by load, measured speed, distance and failures.
     A node not measured yet is scored with the given defaults (see ``choose``)."""
     load = e.load() / e.capacity
-    ttft = e.ttft_ms or ttft_default
+    # Measured here beats claimed: a node's own figure (already clamped to a plausible range)
+    # only stands in until this gateway has timed it.
+    ttft = e.observed_ttft_ms or e.ttft_ms or ttft_default
     tps = e.tps or tps_default
     rtt = e.rtt_ms or 0.0
     return (1.0 + 4.0 * load) * (ttft + 2000.0 / tps) + rtt + 500.0 * min(e.failures, 5)
@@ -40,7 +42,7 @@ def choose(candidates: list[NodeEntry], exclude: set[str], *, now: float | None 
         return pool[0]
     # A node without measurements yet is assumed to be typical of its peers: a pessimistic
     # default would starve it of the very requests that would measure it.
-    ttfts = sorted(e.ttft_ms for e in pool if e.ttft_ms)
+    ttfts = sorted(e.observed_ttft_ms or e.ttft_ms for e in pool if e.observed_ttft_ms or e.ttft_ms)
     tpss = sorted(e.tps for e in pool if e.tps)
     defaults = {
         "ttft_default": ttfts[len(ttfts) // 2] if ttfts else 200.0,

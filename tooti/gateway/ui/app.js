@@ -84,7 +84,7 @@ function nodeState(n) {
   return n.healthy ? "live" : "unhealthy";
 }
 
-function renderNodes(nodes) {
+function renderNodes(nodes, queued) {
   const body = document.getElementById("nodes-body");
   const rows = nodes.slice().sort((a, b) => (a.namespace + a.name).localeCompare(b.namespace + b.name));
   const out = rows.map((n) => {
@@ -110,7 +110,8 @@ function renderNodes(nodes) {
   const live = nodes.filter((n) => nodeState(n) === "live").length;
   setText("nodes-live", live);
   const ns = new Set(nodes.map((n) => n.namespace || "public"));
-  setText("nodes-detail", nodes.length + " known · " + ns.size + " namespace" + (ns.size === 1 ? "" : "s"));
+  setText("nodes-detail", nodes.length + " known · " + ns.size + " namespace" + (ns.size === 1 ? "" : "s") +
+    " · " + fmt(queued || 0, 0) + " queued");
   document.getElementById("nodes").dataset.live = String(live);
 }
 
@@ -181,7 +182,7 @@ async function refresh() {
       getJSON("/v1/network/nodes"), getJSON("/v1/models"), getJSON("/v1/admin/summary"),
     ]);
     document.getElementById("key-form").hidden = true;
-    renderNodes(nodes.data);
+    renderNodes(nodes.data, summary.queued);
     setText("models-count", models.data.length);
     setText("models-list", models.data.slice(0, 4).map((m) => m.id).join(", ") + (models.data.length > 4 ? ", …" : ""));
     renderRates(summary.totals, summary.time);
