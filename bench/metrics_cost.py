@@ -2,10 +2,10 @@
 
     python -m bench.metrics_cost [--requests 20000] [--tokens 200] [--repeats 5]
 
-Drives exactly the calls the request path makes (``GatewayMetrics.request_done`` with its
-label lookups, counters and histograms; ``StreamTimer.tick`` once per delivered block; the
-dispatcher's retry/failure counters are not on the common path and are not included) against
-a registry holding 20 live nodes, and reports the best of ``--repeats`` runs (the machine is
+Drives exactly the calls the request path makes (``admin_http.request_done`` once per
+request: outage bookkeeping, the access-log check, label lookups, counters and histograms;
+``StreamTimer.tick`` once per delivered block; the dispatcher's retry/failure counters are
+not on the common path and are not included) against a registry holding 20 live nodes, and reports the best of ``--repeats`` runs (the machine is
 shared; the minimum is the cost, the rest is other load). A scrape is timed too: it runs on
 the gateway's event loop, so its cost is paid every scrape interval, not per request.
 Writes bench/results/metrics-cost.json.
@@ -17,10 +17,18 @@ import argparse
 import json
 import time
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, NamedTuple
 
-from tooti.gateway.metrics import GatewayMetrics
+from tooti.gateway import admin_http
+from tooti.gateway.metrics import GatewayMetrics, StreamTimer
 from tooti.gateway.registry import Registry
 from tooti.wire import pb
+
+
+class _Usage(NamedTuple):
+    prompt_tokens: int
+    completion_tokens: int
 
 
 def _registry(n: int) -> Registry:
@@ -33,54 +41,45 @@ def _registry(n: int) -> Registry:
     return reg
 
 
-def _per_request(metrics: GatewayMetrics, registry: Registry, n: int) -> float:
-    entry = next(iter(registry.all()))
+def _done(gw: Any, started: float, tokens: int, timer: StreamTimer | None) -> None:
+    admin_http.request_done(
+        gw,
+        route="chat",
+        request_id="req_x",
+        model="m",
+        key=None,
+        node="peer0",
+        namespace="",
+        status=200,
+        started=started,
+        usage=_Usage(12, tokens),
+        timer=timer,
+    )
+
+
+def _per_request(gw: Any, n: int) -> float:
     started = time.perf_counter()
     for _ in range(n):
-        metrics.request_done(
-            route="chat",
-            model="m",
-            namespace="",
-            entry=entry,
-            key_prefix="abc",
-            status=200,
-            started=started,
-            prompt_tokens=12,
-            completion_tokens=200,
-            timer=None,
-        )
+        _done(gw, started, 200, None)
     return (time.perf_counter() - started) / n
 
 
-def _per_stream(metrics: GatewayMetrics, registry: Registry, n: int, tokens: int) -> tuple[float, float]:
+def _per_stream(gw: Any, n: int, tokens: int) -> tuple[float, float]:
     """(per-request cost of a stream's bookkeeping, per-token cost of tick)."""
-    entry = next(iter(registry.all()))
+    metrics = gw.dispatcher.metrics
     t0 = time.perf_counter()
     for _ in range(n):
         timer = metrics.stream_timer(t0)
         for _ in range(tokens):
             timer.tick()
     ticks = (time.perf_counter() - t0) / (n * tokens)
-    t1 = time.perf_counter()
-    timer = metrics.stream_timer(t1)
+    timer = metrics.stream_timer(time.perf_counter())
     for _ in range(tokens):
         timer.tick()
     t2 = time.perf_counter()
     for _ in range(n):
-        metrics.request_done(
-            route="chat",
-            model="m",
-            namespace="",
-            entry=entry,
-            key_prefix="abc",
-            status=200,
-            started=t2,
-            prompt_tokens=12,
-            completion_tokens=tokens,
-            timer=timer,
-        )
-    done = (time.perf_counter() - t2) / n
-    return done, ticks
+        _done(gw, t2, tokens, timer)
+    return (time.perf_counter() - t2) / n, ticks
 
 
 def _empty_loop(n: int) -> float:
@@ -98,10 +97,11 @@ def main() -> None:
     args = ap.parse_args()
     registry = _registry(20)
     metrics = GatewayMetrics(registry)
+    gw = SimpleNamespace(dispatcher=SimpleNamespace(metrics=metrics), registry=registry)
     whole, stream, tick, scrape = [], [], [], []
     for _ in range(args.repeats):
-        whole.append(_per_request(metrics, registry, args.requests))
-        s, t = _per_stream(metrics, registry, args.requests // 10, args.tokens)
+        whole.append(_per_request(gw, args.requests))
+        s, t = _per_stream(gw, args.requests // 10, args.tokens)
         stream.append(s)
         tick.append(t - _empty_loop(args.requests))
         t0 = time.perf_counter()
