@@ -155,11 +155,116 @@ def test_configs_build_without_a_file() -> None:
 @pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.glob("*.yaml")))
 def test_example_configs_pass(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     path = CONFIGS / name
+    net_key = keys.generate(keys.NETWORK_PRIVATE)
+    real = {
+        "TOOTI_NETWORK_ID": keys.public_of(net_key, keys.NETWORK_PRIVATE, keys.NETWORK_PUBLIC),
+        "TOOTI_NAMESPACE_KEY": keys.generate(keys.NAMESPACE_PRIVATE),
+    }
     for var in re.findall(r"\$\{(\w+)\}", path.read_text()):
-        monkeypatch.setenv(var, "example-value")
+        monkeypatch.setenv(var, real.get(var, "example-value"))
     kind, problems = check_file(path)
     assert problems == []
     assert kind == ("gateway" if name.startswith("gateway") else "node")
+
+
+def _env_vars(path: Path) -> list[str]:
+    """The ${VAR} references in a file's values (comments mention ${VAR} as prose)."""
+    values = "\n".join(line.split("#")[0] for line in path.read_text().splitlines())
+    return list(dict.fromkeys(re.findall(r"\$\{(\w+)\}", values)))
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.glob("*.yaml")))
+def test_example_configs_pass_config_check_without_environment(name: str) -> None:
+    # What a CI job runs: no production secrets in its environment.
+    path = CONFIGS / name
+    env = {k: v for k, v in os.environ.items() if k not in _env_vars(path)}
+    done = _cli("-file", str(path), env_replace=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "OK" in done.stdout
+    for var in _env_vars(path):
+        assert f"environment variable {var} is not set" in done.stdout
+
+
+def _where(path: Path, var: str) -> tuple[int, str]:
+    """(line, dotted key) of the value that references ${var}: `section:` then `  key:`."""
+    section = ""
+    for i, text in enumerate(path.read_text().splitlines(), 1):
+        if text and not text.startswith((" ", "#")):
+            section = text.split(":")[0]
+        if "${" + var + "}" in text.split("#")[0]:
+            return i, f"{section}.{text.strip().split(':')[0]}"
+    raise AssertionError(var)
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.glob("*.yaml")))
+def test_require_env_names_file_line_and_key(name: str) -> None:
+    path = CONFIGS / name
+    variables = _env_vars(path)
+    assert variables, "every shipped config references at least one ${VAR}"
+    env = {k: v for k, v in os.environ.items() if k not in variables}
+    done = _cli("-file", str(path), "--require-env", env_replace=env)
+    assert done.returncode == 1, done.stdout
+    out = done.stdout.splitlines()
+    for var in variables:
+        line, key = _where(path, var)
+        assert f"{path}:{line}: {key}: environment variable {var} is not set" in out, out
+    # JSON output carries the same, as problems.
+    done = _cli("-file", str(path), "--require-env", "--json", env_replace=env)
+    report = json.loads(done.stdout)
+    assert report["valid"] is False and report["warnings"] == []
+    assert {(p["line"], p["key"]) for p in report["problems"]} == {_where(path, v) for v in variables}
+
+
+def test_unset_env_is_a_warning_by_default_and_an_error_at_load() -> None:
+    path = DATA / "bad_env_unset.yaml"
+    out = io.StringIO()
+    assert run_check(str(path), as_json=True, out=out) == 0
+    report = json.loads(out.getvalue())
+    assert report["valid"] is True and report["problems"] == []
+    assert [(w["line"], w["key"]) for w in report["warnings"]] == [(4, "node.namespace_key")]
+    assert run_check(str(path), as_json=False, require_env=True, out=io.StringIO()) == 1
+    with pytest.raises(ConfigError, match="TOOTI_TEST_SURELY_UNSET is not set"):
+        load_node_config(path)
+
+
+def test_warning_does_not_hide_a_real_problem(tmp_path: Path) -> None:
+    path = write(tmp_path, node_yaml("  namespace_key: ${TOOTI_TEST_SURELY_UNSET}\n  bogus: 1\n"))
+    out = io.StringIO()
+    assert run_check(str(path), as_json=False, out=out) == 1
+    text = out.getvalue()
+    assert "unknown key 'bogus'" in text and "warning: " in text
+
+
+def test_node_start_refuses_without_its_environment(tmp_path: Path) -> None:
+    path = CONFIGS / "node.yaml"
+    env = {k: v for k, v in os.environ.items() if k not in _env_vars(path)}
+    done = subprocess.run(
+        [sys.executable, "-m", "tooti", "node", "start", "-file", str(path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**env, "PYTHONPATH": str(ROOT)},
+    )
+    assert done.returncode == 1
+    for var in _env_vars(path):
+        assert f"environment variable {var} is not set" in done.stderr
+
+
+def test_gateway_start_refuses_without_its_environment() -> None:
+    path = CONFIGS / "gateway.yaml"
+    env = {k: v for k, v in os.environ.items() if k not in {*_env_vars(path), "TOOTI_DATABASE_URL"}}
+    done = subprocess.run(
+        [sys.executable, "-m", "tooti", "gateway", "start", "-file", str(path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**env, "PYTHONPATH": str(ROOT)},
+    )
+    assert done.returncode == 1
+    for var in _env_vars(path):
+        assert f"environment variable {var} is not set" in done.stderr
 
 
 def test_example_configs_exist() -> None:
@@ -405,6 +510,7 @@ def test_run_check_json_shape() -> None:
                 "message": "must be between 1 and 10, got 11",
             }
         ],
+        "warnings": [],
     }
     out = io.StringIO()
     assert run_check(str(DATA / "good_gateway_minimal.yaml"), as_json=True, out=out) == 0
@@ -443,14 +549,17 @@ def test_secret_values_never_printed(tmp_path: Path, monkeypatch: pytest.MonkeyP
 # The CLI, end to end
 
 
-def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def _cli(
+    *args: str, env: dict[str, str] | None = None, env_replace: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    base = os.environ if env_replace is None else env_replace
     return subprocess.run(
         [sys.executable, "-m", "tooti", "config-check", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=120,
-        env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
+        env={**base, "PYTHONPATH": str(ROOT), **(env or {})},
     )
 
 

@@ -56,19 +56,35 @@ def _namespace(ctx: _yp.Ctx, node: yaml.Node, path: str) -> Any:
 _ENV_REF_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
+class Deferred(str):
+    """A value whose ``${NAME}`` references could not be expanded: checked offline (CI),
+    without the deployment's environment. Checkers that validate a value's content pass it
+    through unchecked; only start-up, which requires the environment, sees the real value."""
+
+    __slots__ = ()
+
+
 def _expand_env(ctx: _yp.Ctx, node: yaml.Node, path: str, raw: str) -> Any:
     """Replace ``${NAME}`` references in ``raw`` with environment values.
 
     Messages name the variable, never a value, because the result is a secret.
+    An unset variable is a problem when ``ctx.require_env`` (loading for
+    start-up), else a warning, and the reference is kept unexpanded.
     """
     before = len(ctx.problems)
     for name in dict.fromkeys(_ENV_REF_RE.findall(raw)):
-        if name not in os.environ:
+        if name in os.environ:
+            continue
+        if ctx.require_env:
             ctx.report(node, path, f"environment variable {name} is not set")
+        else:
+            ctx.warn(node, path, f"environment variable {name} is not set (it must be set at start-up)")
     if "${" in _ENV_REF_RE.sub("", raw):
         ctx.report(node, path, "malformed ${...} reference; write ${NAME} using letters, digits and '_'")
     if len(ctx.problems) > before:
         return _yp.INVALID
+    if any(name not in os.environ for name in _ENV_REF_RE.findall(raw)):
+        return Deferred(raw)
     return _ENV_REF_RE.sub(lambda m: os.environ[m.group(1)], raw)
 
 
@@ -222,7 +238,7 @@ def _database_url(ctx: _yp.Ctx, node: yaml.Node, path: str) -> Any:
         # must not fail the load.  The override is checked in _gateway_post.
         return raw
     url = _expand_env(ctx, node, path, raw)
-    if url is _yp.INVALID or _is_db_url(url):
+    if url is _yp.INVALID or isinstance(url, Deferred) or _is_db_url(url):
         return url
     return ctx.report(node, path, _DB_URL_RULE)  # the URL itself may hold a password
 
@@ -276,7 +292,7 @@ def _network_id(ctx: _yp.Ctx, node: yaml.Node, path: str) -> Any:
     from tooti.p2p import keys
 
     value = _secret(ctx, node, path)
-    if value is _yp.INVALID:
+    if value is _yp.INVALID or isinstance(value, Deferred):
         return value
     try:
         return keys.check_public(value, keys.NETWORK_PUBLIC)
@@ -289,7 +305,7 @@ def _namespace_key(ctx: _yp.Ctx, node: yaml.Node, path: str) -> Any:
     from tooti.p2p import keys
 
     value = _secret(ctx, node, path)
-    if value is _yp.INVALID:
+    if value is _yp.INVALID or isinstance(value, Deferred):
         return value
     try:
         keys.public_of(value, keys.NAMESPACE_PRIVATE, keys.NAMESPACE_PUBLIC)

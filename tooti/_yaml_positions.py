@@ -233,12 +233,21 @@ class Ctx:
     file: str
     base_dir: Path  # relative paths in the file resolve against this
     problems: list[Problem] = field(default_factory=list)
+    # False for a check that does not hold the deployment's environment (CI):
+    # checkers then call warn() for what only the environment can supply.
+    require_env: bool = True
+    warnings: list[Problem] = field(default_factory=list)
 
     def report(self, where: yaml.Node | int | None, key: str, message: str) -> Any:
         """Record a problem at a node (or line) and return ``INVALID``."""
         line = line_of(where) if isinstance(where, yaml.Node) else where
         self.problems.append(Problem(self.file, line, key, message))
         return INVALID
+
+    def warn(self, where: yaml.Node | int | None, key: str, message: str) -> None:
+        """Record a warning: reported, but the file still counts as valid."""
+        line = line_of(where) if isinstance(where, yaml.Node) else where
+        self.warnings.append(Problem(self.file, line, key, message))
 
 
 Checker = Callable[[Ctx, yaml.Node, str], Any]

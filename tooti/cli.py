@@ -24,12 +24,29 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.environ.get("TOOTI_LOG_LEVEL", "INFO"),
         help="DEBUG, INFO, WARNING or ERROR (env TOOTI_LOG_LEVEL)",
     )
+    parser.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        default=os.environ.get("TOOTI_LOG_FORMAT", "text"),
+        help="text, or json: one object per line (env TOOTI_LOG_FORMAT)",
+    )
+    parser.add_argument(
+        "--access-log",
+        action="store_true",
+        default=os.environ.get("TOOTI_ACCESS_LOG") == "1",
+        help="gateway: one INFO line per request on logger tooti.access (env TOOTI_ACCESS_LOG=1)",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("config-check", help="validate a node or gateway YAML file")
     _add_file(p, required=True)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--kind", choices=["node", "gateway"], help="file kind (default: detected)")
+    p.add_argument(
+        "--require-env",
+        action="store_true",
+        help="unset ${VAR} references are errors, as at start-up (default: warnings)",
+    )
     p.set_defaults(func=_cmd_config_check)
 
     node = sub.add_parser("node", help="run a node agent").add_subparsers(dest="action", required=True)
@@ -52,7 +69,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="show the nodes a gateway sees")
     p.add_argument("--gateway", default="http://127.0.0.1:8080", help="gateway base URL")
     p.add_argument("--api-key", default=os.environ.get("TOOTI_API_KEY"))
-    p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--json", action="store_true", help="the gateway's JSON document (one per line with --watch)"
+    )
+    p.add_argument(
+        "--watch",
+        nargs="?",
+        const=2.0,
+        type=float,
+        metavar="SECONDS",
+        help="refresh every SECONDS (default 2) until Ctrl-C",
+    )
     p.set_defaults(func=_cmd_status)
 
     from tooti import network_cli
@@ -67,19 +94,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    for noisy in ("hypercorn.access", "httpx", "httpcore", "multiaddr"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    setup_logging(args.log_level)
+    from tooti import logs
+
+    logs.setup(args.log_level, args.log_format)
+    if not args.access_log:
+        logging.getLogger("tooti.access").setLevel(logging.WARNING)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
@@ -89,7 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _cmd_config_check(args: argparse.Namespace) -> int:
     from tooti.config import run_check
 
-    return run_check(args.file, as_json=args.json, kind=args.kind)
+    return run_check(args.file, as_json=args.json, kind=args.kind, require_env=args.require_env)
 
 
 def _load(kind: str, path: str | None):  # type: ignore[no-untyped-def]
@@ -108,6 +129,7 @@ def _load(kind: str, path: str | None):  # type: ignore[no-untyped-def]
 
 
 def _cmd_node_start(args: argparse.Namespace) -> int:
+    from tooti import logs
     from tooti.node.agent import NamespaceRefused
     from tooti.node.run import run_node
 
@@ -116,6 +138,7 @@ def _cmd_node_start(args: argparse.Namespace) -> int:
     async def _main() -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_cancel_on_signals, nursery.cancel_scope)
+            nursery.start_soon(logs.flush_loop)
             agent = await nursery.start(run_node, cfg)
             await agent.ready.wait()
             print(
@@ -146,7 +169,7 @@ def _find(exc: BaseException, kind: type[BaseException]) -> BaseException | None
 
 
 def _cmd_gateway_start(args: argparse.Namespace) -> int:
-    from tooti import config
+    from tooti import config, logs
     from tooti.gateway.serve import serve_gateway
 
     cfg = _load("gateway", args.file)
@@ -154,6 +177,7 @@ def _cmd_gateway_start(args: argparse.Namespace) -> int:
     async def _main() -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_cancel_on_signals, nursery.cancel_scope)
+            nursery.start_soon(logs.flush_loop)
             started = await nursery.start(serve_gateway, cfg)
             print(
                 f"tooti gateway ready: http={started.http_urls[0]} p2p={' '.join(started.p2p_addrs)}",
@@ -171,11 +195,13 @@ def _cmd_gateway_start(args: argparse.Namespace) -> int:
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
+    from tooti import logs
     from tooti.up import run_up
 
     async def _main() -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_cancel_on_signals, nursery.cancel_scope)
+            nursery.start_soon(logs.flush_loop)
             await run_up(port=args.port, p2p_port=args.p2p_port, backend=args.backend, data_dir=args.data_dir)
             nursery.cancel_scope.cancel()
 
@@ -186,7 +212,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
 def _cmd_status(args: argparse.Namespace) -> int:
     from tooti.status import show_status
 
-    return show_status(args.gateway, api_key=args.api_key, as_json=args.json)
+    return show_status(args.gateway, api_key=args.api_key, as_json=args.json, watch=args.watch)
 
 
 async def _cancel_on_signals(scope: trio.CancelScope) -> None:

@@ -12,7 +12,8 @@ reference environment variables as ``${NAME}``, as the whole value or inside
 it.  Expanded secret values never appear in any message or ``repr``.
 
 Public entry points: :func:`load_node_config`, :func:`load_gateway_config`,
-:func:`check_file` and :func:`run_check` (the ``config-check`` command).
+:func:`check_file`, :func:`check_file_offline` and :func:`run_check` (the
+``config-check`` command).
 """
 
 from __future__ import annotations
@@ -48,23 +49,27 @@ from tooti._config_checks import (
     _split_host_port,
     _timeouts_post,
 )
-from tooti._config_file import ConfigKind, _check_document
+from tooti._config_file import CheckResult, ConfigKind, _check_document
 from tooti._yaml_positions import Problem
 
 __all__ = [
     "DATABASE_URL_ENV",
+    "AdminSection",
     "AdmissionSection",
     "BackendSection",
+    "CheckResult",
     "ConfigError",
     "ConfigKind",
     "DatabaseSection",
     "GatewayConfig",
+    "GatewayMetricsSection",
     "GatewayNetwork",
     "GatewaySection",
     "GatewayTimeouts",
     "HeartbeatSection",
     "ModelsSection",
     "NodeConfig",
+    "NodeMetricsSection",
     "NodeNetwork",
     "NodeSection",
     "Problem",
@@ -72,6 +77,7 @@ __all__ = [
     "RoutingSection",
     "TimeoutsSection",
     "check_file",
+    "check_file_offline",
     "load_gateway_config",
     "load_node_config",
     "run_check",
@@ -150,6 +156,13 @@ class TimeoutsSection:
 
 
 @dataclass(frozen=True)
+class NodeMetricsSection:
+    """The node's ``metrics:`` section: where to serve Prometheus ``/metrics`` (None: nowhere)."""
+
+    listen: str | None = None
+
+
+@dataclass(frozen=True)
 class NodeConfig:
     """A loaded node config; ``path`` is the absolute file path, or None."""
 
@@ -160,6 +173,7 @@ class NodeConfig:
     models: ModelsSection = field(default_factory=ModelsSection)
     heartbeat: HeartbeatSection = field(default_factory=HeartbeatSection)
     timeouts: TimeoutsSection = field(default_factory=TimeoutsSection)
+    metrics: NodeMetricsSection = field(default_factory=NodeMetricsSection)
 
 
 @dataclass(frozen=True)
@@ -245,6 +259,25 @@ class GatewayTimeouts:
 
 
 @dataclass(frozen=True)
+class GatewayMetricsSection:
+    """The gateway's ``metrics:`` section.
+
+    ``auth`` decides who may read ``/metrics`` and the dashboard's data in keys mode:
+    ``admin`` (an API key listed in ``admin.key_prefixes``) or ``open`` (anyone who can
+    reach the HTTP port, as Prometheus scrapers usually expect on a private network).
+    """
+
+    auth: Literal["admin", "open"] = "admin"
+
+
+@dataclass(frozen=True)
+class AdminSection:
+    """The ``admin:`` section: which API keys (by prefix) are operators' keys."""
+
+    key_prefixes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     """A loaded gateway config; ``GatewayConfig()`` is a valid all-default config."""
 
@@ -256,6 +289,8 @@ class GatewayConfig:
     routing: RoutingSection = field(default_factory=RoutingSection)
     admission: AdmissionSection = field(default_factory=AdmissionSection)
     timeouts: GatewayTimeouts = field(default_factory=GatewayTimeouts)
+    metrics: GatewayMetricsSection = field(default_factory=GatewayMetricsSection)
+    admin: AdminSection = field(default_factory=AdminSection)
 
 
 # --------------------------------------------------------------------------
@@ -360,6 +395,7 @@ _NODE_SCHEMA = _yp.Section(
                 post=_timeouts_post,
             )
         ),
+        "metrics": _yp.Field(section=_yp.Section(NodeMetricsSection, {"listen": _yp.Field(_host_port)})),
     },
 )
 
@@ -427,6 +463,12 @@ _GATEWAY_SCHEMA = _yp.Section(
                 post=_timeouts_post,
             )
         ),
+        "metrics": _yp.Field(
+            section=_yp.Section(GatewayMetricsSection, {"auth": _yp.Field(_yp.one_of("admin", "open"))})
+        ),
+        "admin": _yp.Field(
+            section=_yp.Section(AdminSection, {"key_prefixes": _yp.Field(_yp.list_of(_yp.nonempty_string))})
+        ),
     },
     post=_gateway_post,
 )
@@ -438,11 +480,9 @@ _SCHEMAS: dict[str, _yp.Section] = {"node": _NODE_SCHEMA, "gateway": _GATEWAY_SC
 # Whole-file checking
 
 
-def _check(
-    path: str | os.PathLike[str], kind: ConfigKind | None
-) -> tuple[ConfigKind | None, list[Problem], Any]:
-    """Check a file; return ``(kind, problems, config or None)``.  OSError propagates."""
-    return _check_document(path, kind, _SCHEMAS)
+def _check(path: str | os.PathLike[str], kind: ConfigKind | None, *, require_env: bool = True) -> CheckResult:
+    """Check a file against its schema.  OSError propagates."""
+    return _check_document(path, kind, _SCHEMAS, require_env=require_env)
 
 
 def check_file(
@@ -450,13 +490,23 @@ def check_file(
 ) -> tuple[ConfigKind | None, list[Problem]]:
     """Check a config file and return ``(kind, problems)``; no problems means valid.
 
-    ``kind`` is detected from the top-level section (``node:`` or ``gateway:``,
-    falling back to kind-specific sections such as ``backend:`` or
-    ``database:``) unless given; the returned kind is ``None`` when it could
+    The check is the one start-up makes: an unset ``${NAME}`` variable is a
+    problem.  ``kind`` is detected from the top-level section (``node:`` or
+    ``gateway:``, falling back to kind-specific sections such as ``backend:``
+    or ``database:``) unless given; the returned kind is ``None`` when it could
     not be told.  Raises OSError if the file cannot be read.
     """
-    detected, problems, _ = _check(path, kind)
-    return detected, problems
+    result = _check(path, kind)
+    return result.kind, result.problems
+
+
+def check_file_offline(path: str | os.PathLike[str], kind: ConfigKind | None = None) -> CheckResult:
+    """Check a config file without the deployment's environment (what CI does).
+
+    Like :func:`check_file`, except that unset ``${NAME}`` variables land in
+    ``result.warnings`` instead of ``result.problems``.
+    """
+    return _check(path, kind, require_env=False)
 
 
 def load_node_config(path: str | os.PathLike[str]) -> NodeConfig:
@@ -465,11 +515,11 @@ def load_node_config(path: str | os.PathLike[str]) -> NodeConfig:
     Relative paths in the file resolve against the file's directory.  Raises
     :class:`ConfigError` listing every problem, or OSError if unreadable.
     """
-    _, problems, config = _check(path, "node")
-    if problems:
-        raise ConfigError(problems)
-    assert isinstance(config, NodeConfig)
-    return config
+    result = _check(path, "node")
+    if result.problems:
+        raise ConfigError(result.problems)
+    assert isinstance(result.config, NodeConfig)
+    return result.config
 
 
 def load_gateway_config(path: str | os.PathLike[str]) -> GatewayConfig:
@@ -482,11 +532,11 @@ def load_gateway_config(path: str | os.PathLike[str]) -> GatewayConfig:
     ``postgresql://``.  Raises :class:`ConfigError` listing every problem, or
     OSError if unreadable.
     """
-    _, problems, config = _check(path, "gateway")
-    if problems:
-        raise ConfigError(problems)
-    assert isinstance(config, GatewayConfig)
-    return config
+    result = _check(path, "gateway")
+    if result.problems:
+        raise ConfigError(result.problems)
+    assert isinstance(result.config, GatewayConfig)
+    return result.config
 
 
 def run_check(
@@ -495,16 +545,19 @@ def run_check(
     as_json: bool,
     kind: ConfigKind | None = None,
     out: TextIO | None = None,
+    require_env: bool = False,
 ) -> int:
     """Check ``path`` and print a report to ``out`` (default: ``sys.stdout``).
 
-    Returns 0 if valid, 1 if invalid, 2 if the file cannot be read.  With
-    ``as_json`` prints ``{"file", "kind", "valid", "problems": [...]}``; for
-    an unreadable file an ``"error"`` string is added.
+    Returns 0 if valid, 1 if invalid, 2 if the file cannot be read.  Unset
+    ``${NAME}`` variables are warnings (printed, exit 0) unless
+    ``require_env``, which makes them problems as at start-up.  With
+    ``as_json`` prints ``{"file", "kind", "valid", "problems": [...],
+    "warnings": [...]}``; for an unreadable file an ``"error"`` string is added.
     """
     out = sys.stdout if out is None else out  # looked up late so capture works
     try:
-        detected, problems = check_file(path, kind)
+        result = _check(path, kind, require_env=require_env)
     except OSError as exc:
         error = f"cannot read config file: {exc.strerror or exc}"
         if as_json:
@@ -513,25 +566,35 @@ def run_check(
                 "kind": kind,
                 "valid": False,
                 "problems": [],
+                "warnings": [],
                 "error": error,
             }
             print(json.dumps(report, indent=2), file=out)
         else:
             print(f"{path}: {error}", file=out)
         return 2
+    problems, warnings = result.problems, result.warnings
     if as_json:
         report = {
             "file": path,
-            "kind": detected,
+            "kind": result.kind,
             "valid": not problems,
             "problems": [p.to_dict() for p in problems],
+            "warnings": [w.to_dict() for w in warnings],
         }
         print(json.dumps(report, indent=2), file=out)
-    elif problems:
-        for problem in problems:
-            print(problem, file=out)
+        return 1 if problems else 0
+    for problem in problems:
+        print(problem, file=out)
+    for warning in warnings:
+        print(f"warning: {warning}", file=out)
+    if problems:
         noun = "problem" if len(problems) == 1 else "problems"
         print(f"{path}: {len(problems)} {noun}", file=out)
-    else:
-        print(f"{path}: OK ({detected} config)", file=out)
-    return 1 if problems else 0
+        return 1
+    suffix = ""
+    if warnings:
+        noun = "warning" if len(warnings) == 1 else "warnings"
+        suffix = f", {len(warnings)} {noun} (use --require-env to make them errors)"
+    print(f"{path}: OK ({result.kind} config){suffix}", file=out)
+    return 0

@@ -8,6 +8,7 @@ built-in ``loopback`` model. Ctrl-C cancels the nursery and everything stops.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import socket
@@ -38,6 +39,12 @@ def _free_port() -> int:
 async def _run_llamacpp(
     port: int, log_path: Path, *, task_status: TaskStatus[str] = trio.TASK_STATUS_IGNORED
 ) -> None:
+    """Run the llama.cpp server until cancelled; ``started`` with its URL once it says "ready".
+
+    The process belongs to a nursery through ``trio.run_process``: cancelling this task
+    terminates it (SIGTERM, then SIGKILL after 5 s, trio's default). If it exits on its own,
+    this raises, which stops ``tooti up`` rather than leaving a node without a backend.
+    """
     cmd = [
         sys.executable,
         "-m",
@@ -52,25 +59,30 @@ async def _run_llamacpp(
         "4",
     ]
     with open(log_path, "ab") as log_file:  # noqa: ASYNC230 - once, at start-up
-        proc = await trio.lowlevel.open_process(cmd, stdout=subprocess.PIPE, stderr=log_file)
-        try:
-            buf = b""
+        async with trio.open_nursery() as nursery:
+            proc: trio.Process = await nursery.start(
+                functools.partial(trio.run_process, cmd, stdout=subprocess.PIPE, stderr=log_file, check=False)
+            )
             assert proc.stdout is not None
             with trio.fail_after(90):
-                while b"ready" not in buf:
-                    chunk = await proc.stdout.receive_some()
-                    if not chunk:
-                        raise RuntimeError("llama.cpp server exited during start-up")
-                    buf += chunk
+                await _read_until(proc.stdout, b"ready")
             task_status.started(f"http://127.0.0.1:{port}")
+            # Keep reading: a child blocked on a full stdout pipe would stop serving.
+            await _read_until(proc.stdout, None)
             await proc.wait()
-            raise RuntimeError(f"llama.cpp server exited with {proc.returncode}")
-        finally:
-            with trio.CancelScope(shield=True):
-                proc.terminate()
-                with trio.move_on_after(5):
-                    await proc.wait()
-                proc.kill()
+            raise RuntimeError(f"llama.cpp server exited with {proc.returncode}; see {log_path}")
+
+
+async def _read_until(stream: trio.abc.ReceiveStream, marker: bytes | None) -> None:
+    """Read ``stream`` until ``marker`` has been seen (``None``: until it ends)."""
+    tail = b""
+    async for chunk in stream:
+        if marker is not None:
+            tail = (tail + chunk)[-4096:]
+            if marker in tail:
+                return
+    if marker is not None:
+        raise RuntimeError("llama.cpp server exited during start-up")
 
 
 def _network_identity(home: Path) -> tuple[Path, str]:
@@ -130,11 +142,13 @@ async def run_up(*, port: int, p2p_port: int, backend: str, data_dir: str) -> No
                 )
             )
         agents = [await nursery.start(run_node, c) for c in node_cfgs]
+        registry = started.gateway.registry
         with trio.fail_after(30):
             for a in agents:
                 await a.ready.wait()
-            while len(started.gateway.registry.model_ids()) < len(agents):  # noqa: ASYNC110
-                await trio.sleep(0.05)
+            # A node is ready once welcomed; its entry lands in the registry right after.
+            while len(registry.model_ids()) < len(agents):
+                await registry.changed()
         models = [m for m, _ in started.gateway.registry.model_ids()]
         print(
             f"\ntooti is up (open development mode)\n  base URL: http://127.0.0.1:{port}/v1\n"

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from tooti.config import GatewayConfig
 
+from .admin_http import AdminAccess, OperatorRoutes
 from .errors import error_body
 from .http.asgi import EdgeApp
 from .http.infer import Limits
@@ -44,7 +45,7 @@ class Accounts(Protocol):
     async def usage(self, key: Any, since: datetime | None) -> list[dict[str, Any]]: ...
 
 
-def create_app(gw: Gateway, cfg: GatewayConfig, *, accounts: Accounts | None = None) -> EdgeApp:
+def create_app(gw: Gateway, cfg: GatewayConfig, *, accounts: Accounts | None = None) -> OperatorRoutes:
     """The ASGI app for ``gw`` with the limits, CORS origins and timeouts of ``cfg``."""
     gw.dispatcher.configure(cfg.admission, idle_timeout=cfg.timeouts.idle_sec)
     limits = Limits(
@@ -52,7 +53,8 @@ def create_app(gw: Gateway, cfg: GatewayConfig, *, accounts: Accounts | None = N
         max_response_bytes=cfg.gateway.max_response_bytes,
         total_timeout=cfg.timeouts.total_sec,
     )
-    return EdgeApp(gw, accounts=accounts, limits=limits, cors_origins=cfg.gateway.cors_origins)
+    edge = EdgeApp(gw, accounts=accounts, limits=limits, cors_origins=cfg.gateway.cors_origins)
+    return OperatorRoutes(edge, gw, accounts, AdminAccess.from_config(cfg))  # /metrics, /ui
 
 
 __all__ = ["Accounts", "create_app", "error_body"]

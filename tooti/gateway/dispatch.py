@@ -19,12 +19,14 @@ from collections.abc import Callable
 
 import trio
 
+from tooti._trace import valid_traceparent
 from tooti.config import AdmissionSection
 from tooti.openai_shapes import ROUTE_NAMES
 from tooti.wire import pb
 
 from .admission import Admission, QueueFull, QueueTimeout
 from .errors import HTTPError
+from .metrics import GatewayMetrics
 from .registry import NodeEntry, Registry
 from .relay import Exchange, NodeFailure, StreamPool, start_exchange
 from .router import record_failure, record_success
@@ -58,6 +60,7 @@ class Call:
     allowed_namespaces: set[str] | None = None
     want_usage: bool = True
     deadline: float = 0.0  # monotonic; 0: total_timeout from now
+    traceparent: str = ""  # the client's W3C traceparent header, unchecked
 
 
 @dataclasses.dataclass(slots=True)
@@ -103,6 +106,7 @@ class Dispatcher:
         self.total_timeout = total_timeout
         self.idle_timeout = first_token_timeout
         self._known_namespaces = known_namespaces
+        self.metrics = GatewayMetrics(registry)
         defaults = AdmissionSection()
         self.admission = Admission(
             timeout=defaults.queue_timeout_sec,
@@ -206,9 +210,10 @@ class Dispatcher:
             want_usage=call.want_usage,
             method=call.method,
             path=call.path,
+            traceparent=valid_traceparent(call.traceparent),
         )
         tried: set[str] = set()
-        failures = 0
+        failures = attempts = 0
         refusal: HTTPError | None = None  # the last node's "cannot serve this" answer
         admission = self.admission
         while True:
@@ -240,6 +245,9 @@ class Dispatcher:
                     break
                 raise _no_capacity(call.model_ref) from None
             tried.add(entry.peer_id)
+            if attempts:
+                self.metrics.retried()
+            attempts += 1
             sent = time.monotonic()
             try:
                 ex = await start_exchange(
@@ -253,6 +261,7 @@ class Dispatcher:
                 admission.release(entry)
                 record_failure(entry)
                 failures += 1
+                self.metrics.node_failure("before_head", entry.peer_id)
                 log.warning(
                     "request %s: node %s failed before its first byte (%s)",
                     call.request_id,
@@ -265,6 +274,7 @@ class Dispatcher:
             except trio.TooSlowError:
                 admission.release(entry)
                 record_failure(entry)
+                self.metrics.node_failure("timeout", entry.peer_id)
                 raise HTTPError(504, "the node did not answer in time", code="timeout") from None
             except BaseException:
                 admission.release(entry)
@@ -276,6 +286,7 @@ class Dispatcher:
                 entry.observe_ttft((time.monotonic() - sent) * 1000)
             else:
                 retry = await self._refused(opened)
+                self.metrics.refused(entry.peer_id, retry)
                 if retry == "busy":
                     tried.discard(entry.peer_id)  # busy is not failed: it may have room later
                 if isinstance(retry, HTTPError):
@@ -284,11 +295,15 @@ class Dispatcher:
                     refusal = retry[1]
                 continue
             if whole_limit is None:
+                self.metrics.served(failures)
                 return opened, None
             try:
-                return opened, await self._read_whole(opened, whole_limit)
+                whole = await self._read_whole(opened, whole_limit)
+                self.metrics.served(failures)
+                return opened, whole
             except NodeFailure as exc:
                 failures += 1
+                self.metrics.node_failure("mid_answer", entry.peer_id)
                 log.warning("request %s: node %s failed mid-answer: %s", call.request_id, entry.peer_id, exc)
                 if failures >= self.max_attempts:
                     break

@@ -13,6 +13,8 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
+import trio
+
 from tooti.wire import pb
 
 DEFAULT_ROUTES = frozenset({"chat", "completions", "embeddings"})  # what every adapter serves
@@ -73,6 +75,7 @@ class Registry:
         self.ttl = ttl
         self._nodes: dict[str, NodeEntry] = {}
         self.rejected_heartbeats = 0
+        self._changed = trio.Event()
         #: (namespace, model) -> when a node last offered it (monotonic); see ``known``
         self._offered: dict[tuple[str, str], float] = {}
         self._remember = remember_sec
@@ -111,10 +114,20 @@ class Registry:
         else:
             for k, v in fields.items():
                 setattr(entry, k, v)
+        self._notify()
         return entry
 
     def drop(self, peer_id: str) -> None:
-        self._nodes.pop(peer_id, None)
+        if self._nodes.pop(peer_id, None) is not None:
+            self._notify()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def changed(self) -> None:
+        """Wait until an entry is added, refreshed or dropped (for waiting without polling)."""
+        await self._changed.wait()
 
     def get(self, peer_id: str) -> NodeEntry | None:
         return self._nodes.get(peer_id)

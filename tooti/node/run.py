@@ -19,6 +19,7 @@ from tooti.p2p.identity import load_or_create
 
 from .agent import NodeAgent
 from .backends import make_backend
+from .metrics import node_registry, serve_metrics
 from .service import InferenceService
 from .stats import NodeStats
 
@@ -77,8 +78,14 @@ async def run_node(cfg: NodeConfig, *, task_status: TaskStatus[NodeAgent] = trio
         async with host.run(listen_addrs=listen):
             log.info("node %s (peer %s) starting, backend %s", agent.name, host.get_id(), cfg.backend.type)
             try:
-                task_status.started(agent)
-                await agent.run()
+                async with trio.open_nursery() as nursery:
+                    if cfg.metrics.listen:
+                        urls = await nursery.start(
+                            serve_metrics, cfg.metrics.listen, node_registry(stats, agent)
+                        )
+                        log.info("metrics at %s/metrics", urls[0])
+                    task_status.started(agent)
+                    await agent.run()
             finally:
                 with trio.CancelScope(shield=True), trio.move_on_after(2):
                     await host.close()

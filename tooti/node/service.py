@@ -25,6 +25,7 @@ import trio
 from libp2p.abc import INetStream
 from libp2p.network.stream.exceptions import StreamError
 
+from tooti import _trace
 from tooti.p2p.framing import FrameError
 from tooti.p2p.host import peer_of
 from tooti.p2p.tunnel import (
@@ -166,6 +167,7 @@ class InferenceService:
                 del live[out.rid]
 
     async def _serve(self, out: _Reply, req: pb.InferenceRequest) -> None:
+        _trace.bind(req.request_id, req.traceparent)  # this task's log lines and backend headers
         stats = self._stats
         route = _ROUTES.get(req.route)
         if route is None:

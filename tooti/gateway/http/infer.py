@@ -25,10 +25,13 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from tooti import _trace
 from tooti.wire import pb
 
+from .. import admin_http
 from ..dispatch import Call, Opened, Outcome, Whole
 from ..errors import HTTPError
+from ..metrics import StreamTimer
 from ..relay import NodeFailure
 from ..upstream_status import client_status, error_from_answer
 from . import body as body_io
@@ -65,6 +68,7 @@ class _Progress:
     delivered: int = 0
     node: str = ""
     namespace: str = ""
+    timer: StreamTimer | None = None  # a stream's delivery times, for the metrics
 
 
 class Inference:
@@ -105,6 +109,7 @@ class Inference:
     ) -> None:
         name, wire = route
         started = time.perf_counter()
+        _trace.bind(ctx.request_id, ctx.header(b"traceparent") or "")  # log lines of this request
         key: Any = None
         call: Call | None = None
         body: dict[str, Any] = {}
@@ -112,6 +117,8 @@ class Inference:
             key = await self._authenticate(ctx)
             body = body_io.parse_object(raw)
             call, stream = self._call(ctx, name, wire, raw, body, key)
+            if stream:
+                progress.timer = StreamTimer(started)
             with trio.move_on_after(self._limits.total_timeout) as deadline:
                 if stream:
                     await self._stream(ctx, call, send, progress)
@@ -137,6 +144,20 @@ class Inference:
         finally:
             if call is not None and progress.node:
                 self._record(ctx, call, key, body, len(raw), progress, started)
+            status = 499 if progress.gone and not progress.responded else (progress.status or 500)
+            admin_http.request_done(
+                self._gw,
+                route=name,
+                request_id=ctx.request_id,
+                model=call.model_ref if call is not None else "",
+                key=key,
+                node=progress.node,
+                namespace=progress.namespace,
+                status=status,
+                started=started,
+                usage=progress.usage,
+                timer=progress.timer,
+            )
 
     async def _authenticate(self, ctx: RequestContext) -> Any:
         if self._accounts is None:
@@ -180,6 +201,7 @@ class Inference:
             priority=ctx.priority,
             allowed_namespaces=allowed,
             want_usage=self._accounts is not None or stream,
+            traceparent=ctx.header(b"traceparent") or "",
         )
         return call, stream
 
@@ -193,6 +215,7 @@ class Inference:
             await self._relay_document(ctx, opened, send, progress)
             return
         counter = StreamCounter()
+        timer = progress.timer or StreamTimer(time.perf_counter())
         outcome = Outcome.NODE_FAILED
         failure: HTTPError | None = None
         headers = [
@@ -214,6 +237,7 @@ class Inference:
                 with first_token:
                     async for block in ex.data():
                         counter.feed(block)
+                        timer.tick()
                         blocks += 1
                         if counter.deltas or blocks > 1:
                             first_token.deadline = math.inf
@@ -233,6 +257,7 @@ class Inference:
                 else:
                     progress.complete = True
             except NodeFailure as exc:
+                dispatcher.metrics.node_failure("mid_stream", opened.entry.peer_id)
                 log.warning(
                     "request %s: node %s failed mid-stream: %s", call.request_id, opened.entry.peer_id, exc
                 )

@@ -39,6 +39,8 @@ from typing import Any
 import httpx
 import trio
 
+from tooti import _trace
+
 from ._ollama_reply import _dumps, _error_document, _ollama_error, _StreamTranslator
 from ._ollama_request import _BadRequest, _encode, _Plan, _plan
 from .base import Backend, BackendError, Reply, Request, single, unsupported
@@ -112,7 +114,7 @@ class OllamaBackend(Backend):
             yield Reply(400, _JSON, single(_error_document(400, str(bad), param=bad.param)))
             return
 
-        headers = {"Content-Type": _JSON, **self._headers}
+        headers = {"Content-Type": _JSON, **self._headers, **_trace.headers()}
         http_request = self._client.build_request(
             "POST", self._url(plan.path), content=content, headers=headers
         )

@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 
+from tooti import _trace
 from tooti.openai_shapes import error_json
 
 from ._sse import DONE, EventSplitter, inspect_event, usage_from
@@ -67,7 +68,7 @@ class OpenAIBackend(Backend):
         path = request.path if request.route == "passthrough" else _PATHS[request.route]
         url = self._base + path
         content = json.dumps(request.body, separators=(",", ":")).encode()
-        headers = {**self._headers, "Content-Type": "application/json"}
+        headers = {**self._headers, "Content-Type": "application/json", **_trace.headers()}
         method = request.method if request.route == "passthrough" else "POST"
         try:
             response = await self._client.send(

@@ -23,7 +23,7 @@ ROUTE_RESPONSES: Route
 ROUTE_PASSTHROUGH: Route
 
 class InferenceRequest(_message.Message):
-    __slots__ = ("request_id", "route", "body", "model", "deadline_unix_ms", "want_usage", "method", "path")
+    __slots__ = ("request_id", "route", "body", "model", "deadline_unix_ms", "want_usage", "method", "path", "traceparent")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     ROUTE_FIELD_NUMBER: _ClassVar[int]
     BODY_FIELD_NUMBER: _ClassVar[int]
@@ -32,6 +32,7 @@ class InferenceRequest(_message.Message):
     WANT_USAGE_FIELD_NUMBER: _ClassVar[int]
     METHOD_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
+    TRACEPARENT_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     route: Route
     body: bytes
@@ -40,7 +41,8 @@ class InferenceRequest(_message.Message):
     want_usage: bool
     method: str
     path: str
-    def __init__(self, request_id: _Optional[str] = ..., route: _Optional[_Union[Route, str]] = ..., body: _Optional[bytes] = ..., model: _Optional[str] = ..., deadline_unix_ms: _Optional[int] = ..., want_usage: _Optional[bool] = ..., method: _Optional[str] = ..., path: _Optional[str] = ...) -> None: ...
+    traceparent: str
+    def __init__(self, request_id: _Optional[str] = ..., route: _Optional[_Union[Route, str]] = ..., body: _Optional[bytes] = ..., model: _Optional[str] = ..., deadline_unix_ms: _Optional[int] = ..., want_usage: _Optional[bool] = ..., method: _Optional[str] = ..., path: _Optional[str] = ..., traceparent: _Optional[str] = ...) -> None: ...
 
 class Cancel(_message.Message):
     __slots__ = ("request_id",)
