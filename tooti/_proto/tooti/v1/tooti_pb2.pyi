@@ -44,20 +44,6 @@ class InferenceRequest(_message.Message):
     traceparent: str
     def __init__(self, request_id: _Optional[str] = ..., route: _Optional[_Union[Route, str]] = ..., body: _Optional[bytes] = ..., model: _Optional[str] = ..., deadline_unix_ms: _Optional[int] = ..., want_usage: _Optional[bool] = ..., method: _Optional[str] = ..., path: _Optional[str] = ..., traceparent: _Optional[str] = ...) -> None: ...
 
-class Cancel(_message.Message):
-    __slots__ = ("request_id",)
-    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
-    request_id: str
-    def __init__(self, request_id: _Optional[str] = ...) -> None: ...
-
-class GatewayFrame(_message.Message):
-    __slots__ = ("request", "cancel")
-    REQUEST_FIELD_NUMBER: _ClassVar[int]
-    CANCEL_FIELD_NUMBER: _ClassVar[int]
-    request: InferenceRequest
-    cancel: Cancel
-    def __init__(self, request: _Optional[_Union[InferenceRequest, _Mapping]] = ..., cancel: _Optional[_Union[Cancel, _Mapping]] = ...) -> None: ...
-
 class ResponseHead(_message.Message):
     __slots__ = ("status", "content_type")
     STATUS_FIELD_NUMBER: _ClassVar[int]
@@ -93,16 +79,6 @@ class ResponseEnd(_message.Message):
     usage: Usage
     error: Error
     def __init__(self, usage: _Optional[_Union[Usage, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ...) -> None: ...
-
-class ResponseFrame(_message.Message):
-    __slots__ = ("head", "data", "end")
-    HEAD_FIELD_NUMBER: _ClassVar[int]
-    DATA_FIELD_NUMBER: _ClassVar[int]
-    END_FIELD_NUMBER: _ClassVar[int]
-    head: ResponseHead
-    data: bytes
-    end: ResponseEnd
-    def __init__(self, head: _Optional[_Union[ResponseHead, _Mapping]] = ..., data: _Optional[bytes] = ..., end: _Optional[_Union[ResponseEnd, _Mapping]] = ...) -> None: ...
 
 class TunnelReset(_message.Message):
     __slots__ = ("reason",)
