@@ -23,7 +23,7 @@ from multiaddr import Multiaddr
 
 from tooti.p2p import membership, protocols
 from tooti.p2p.framing import FrameError, FrameReader, encode
-from tooti.p2p.host import peer_of, reset_quietly
+from tooti.p2p.host import peer_in, peer_of, reset_quietly
 from tooti.wire import pb
 
 log = logging.getLogger("tooti.gateway")
@@ -119,7 +119,7 @@ class Peering:
     async def run(self, bootstrap: list[str], *, interval: float = 5.0) -> None:
         """Exchange lists with the bootstrap gateways and every member, every ``interval`` s."""
         while True:
-            targets = {a.rsplit("/p2p/", 1)[-1]: a for a in bootstrap}
+            targets = {peer_in(a): a for a in bootstrap}
             targets.update({m.peer_id: m.addrs[0] for m in self.book.members()})
             targets.pop(self.peer_id, None)
             async with trio.open_nursery() as nursery:

@@ -23,7 +23,7 @@ from libp2p.network.stream.exceptions import StreamError
 from libp2p.peer.id import ID
 
 from tooti.p2p import protocols
-from tooti.p2p.host import raise_stream_cap
+from tooti.p2p.host import raise_stream_cap, reset_quietly
 from tooti.p2p.tunnel import (
     CREDIT_EVERY,
     MAX_DATA,
@@ -37,7 +37,6 @@ from tooti.p2p.tunnel import (
     pieces,
     read_frames,
     reset_frame,
-    reset_quietly,
 )
 from tooti.wire import pb
 

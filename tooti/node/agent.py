@@ -30,7 +30,7 @@ from multiaddr import Multiaddr
 import tooti
 from tooti.p2p import keys, membership, protocols
 from tooti.p2p.framing import FrameError, FrameReader, encode
-from tooti.p2p.host import allow_redial, reset_quietly
+from tooti.p2p.host import allow_redial, peer_in, reset_quietly
 from tooti.wire import pb
 
 from .backends.base import Backend, BackendError
@@ -147,7 +147,7 @@ class NodeAgent:
             )
 
     def _start_session(self, addr: str, *, bootstrap: bool = False) -> None:
-        peer = addr.rsplit("/p2p/", 1)[-1]
+        peer = peer_in(addr)
         if peer in self._sessions or peer == str(self.host.get_id()):
             return
         self._sessions.add(peer)
@@ -192,7 +192,7 @@ class NodeAgent:
                 log.warning("gateway %s refused or is not a member: %s", peer, exc)
                 if exc.credentials and bootstrap:
                     self._credential_refusals.add(peer)
-                    if self._credential_refusals >= {a.rsplit("/p2p/", 1)[-1] for a in self._bootstrap}:
+                    if self._credential_refusals >= {peer_in(a) for a in self._bootstrap}:
                         self._refused_all.set()
                 await trio.sleep(refused_delay * (0.5 + random.random()))
                 refused_delay = min(REFUSED_BACKOFF[1], refused_delay * 2)

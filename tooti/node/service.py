@@ -27,7 +27,7 @@ from libp2p.network.stream.exceptions import StreamError
 
 from tooti import _trace
 from tooti.p2p.framing import FrameError
-from tooti.p2p.host import peer_of
+from tooti.p2p.host import peer_of, reset_quietly
 from tooti.p2p.tunnel import (
     MAX_DATA,
     WINDOW,
@@ -38,7 +38,6 @@ from tooti.p2p.tunnel import (
     frame,
     pieces,
     read_frames,
-    reset_quietly,
 )
 from tooti.wire import pb
 

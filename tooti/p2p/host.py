@@ -154,6 +154,11 @@ def dialable(addrs: list[str], peer_id: str) -> list[str]:
     return out
 
 
+def peer_in(addr: str) -> str:
+    """The peer id (base58) an address names with its ``/p2p/`` suffix."""
+    return addr.rsplit("/p2p/", 1)[-1]
+
+
 def peer_of(stream: INetStream) -> ID:
     """The Noise-verified peer at the other end of ``stream``."""
     return stream.muxed_conn.peer_id

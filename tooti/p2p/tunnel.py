@@ -216,15 +216,6 @@ async def read_frames(stream: INetStream) -> AsyncIterator[list[pb.TunnelFrame]]
             yield out
 
 
-async def reset_quietly(stream: INetStream) -> None:
-    """Reset ``stream``, ignoring failures and never waiting more than a second."""
-    with trio.CancelScope(shield=True), trio.move_on_after(1):
-        try:
-            await stream.reset()
-        except Exception:  # noqa: BLE001 - best effort on a stream that is already failing
-            pass
-
-
 __all__ = [
     "CREDIT_EVERY",
     "MAX_CONTROL_FRAME",
@@ -240,5 +231,4 @@ __all__ = [
     "pieces",
     "read_frames",
     "reset_frame",
-    "reset_quietly",
 ]

@@ -22,7 +22,7 @@ from ._base import (
     USAGE_SOURCES,
     AlreadyExists,
     ApiKey,
-    Backend,
+    Engine,
     Namespace,
     NamespaceKey,
     NamespaceVerifier,
@@ -54,20 +54,20 @@ _SQLITE = "sqlite:///"
 _POSTGRES = ("postgres://", "postgresql://")
 
 
-def _open_backend(url: str) -> Backend:
+def _open_backend(url: str) -> Engine:
     # Engine modules are imported lazily: a SQLite-only deployment never
     # needs to load psycopg.
     if url.startswith(_SQLITE):
-        from ._sqlite import SQLiteBackend
+        from ._sqlite import SQLiteEngine
 
         path = url[len(_SQLITE) :]
         if not path:
             raise ValueError(f"no file name in SQLite URL {url!r}")
-        return SQLiteBackend(path)
+        return SQLiteEngine(path)
     if url.startswith(_POSTGRES):
-        from ._postgres import PostgresBackend
+        from ._postgres import PostgresEngine
 
-        backend = PostgresBackend(url)
+        backend = PostgresEngine(url)
         backend.open()
         return backend
     raise ValueError("unsupported database URL (expected sqlite:///PATH, postgres:// or postgresql://)")

@@ -1,7 +1,7 @@
 """Models, errors and the engine interface of the accounts store.
 
 :class:`tooti.store._store.Store` holds all domain logic and SQL; an engine
-(SQLite, PostgreSQL) only provides a :class:`Backend`: run a function inside
+(SQLite, PostgreSQL) only provides a :class:`Engine`: run a function inside
 one database transaction (blocking; Store calls it from a worker thread) and
 convert timestamps.
 """
@@ -18,7 +18,7 @@ __all__ = [
     "USAGE_SOURCES",
     "AlreadyExists",
     "ApiKey",
-    "Backend",
+    "Engine",
     "Namespace",
     "NamespaceKey",
     "NamespaceVerifier",
@@ -231,7 +231,7 @@ class Tx(Protocol):
         ...
 
 
-class Backend(abc.ABC):
+class Engine(abc.ABC):
     """What an engine must provide.  All methods are synchronous/blocking.
 
     ``engine`` names the SQL dialect ("sqlite" or "postgresql").

@@ -20,7 +20,7 @@ from tooti.p2p import keys
 
 from ._base import (
     AlreadyExists,
-    Backend,
+    Engine,
     Namespace,
     NamespaceKey,
     NamespaceVerifier,
@@ -78,7 +78,7 @@ class NamespaceStore:
     """Namespace methods of :class:`tooti.store.Store` (a mixin: it needs ``_backend`` and
     ``_run`` from the store)."""
 
-    _backend: Backend
+    _backend: Engine
 
     if TYPE_CHECKING:
 

@@ -18,9 +18,9 @@ import psycopg
 import psycopg.errors
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from ._base import AlreadyExists, Backend, StoreUnavailable, as_utc
+from ._base import AlreadyExists, Engine, StoreUnavailable, as_utc
 
-__all__ = ["PostgresBackend"]
+__all__ = ["PostgresEngine"]
 
 T = TypeVar("T")
 
@@ -48,7 +48,7 @@ class _PostgresTx:
         self._cur.executemany(_to_pyformat(sql), rows)
 
 
-class PostgresBackend(Backend):
+class PostgresEngine(Engine):
     """PostgreSQL backend for a ``postgres://`` / ``postgresql://`` URL.
 
     ``timeout`` bounds both opening a connection and waiting for a free one

@@ -21,9 +21,9 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
-from ._base import AlreadyExists, Backend, StoreUnavailable, as_utc
+from ._base import AlreadyExists, Engine, StoreUnavailable, as_utc
 
-__all__ = ["SQLiteBackend"]
+__all__ = ["SQLiteEngine"]
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -87,7 +87,7 @@ class _SQLiteTx:
         self._conn.executemany(sql, rows)
 
 
-class SQLiteBackend(Backend):
+class SQLiteEngine(Engine):
     """SQLite backend for ``path`` (a file name, or ":memory:" for tests).
 
     Keeps up to ``pool_size`` connections, each used by one thread at a time.

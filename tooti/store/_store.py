@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 import trio
 
-from ._base import AlreadyExists, ApiKey, Backend, StoreUnavailable, Tx, as_utc, utcnow
+from ._base import AlreadyExists, ApiKey, Engine, StoreUnavailable, Tx, as_utc, utcnow
 from ._namespaces import NamespaceStore, str_tuple
 from ._usage_store import UsageStore
 from .secrets import generate_api_key, hash_secret, parse_api_key, verify_secret
@@ -32,7 +32,7 @@ class Store(NamespaceStore, UsageStore):
     tasks, and between processes sharing the same database.
     """
 
-    def __init__(self, backend: Backend) -> None:
+    def __init__(self, backend: Engine) -> None:
         self._backend = backend
 
     @property

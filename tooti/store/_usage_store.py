@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from datetime import date, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ._base import Backend, Tx, UsageRow, UsageSummary, as_utc, utcnow
+from ._base import Engine, Tx, UsageRow, UsageSummary, as_utc, utcnow
 from .usage import MAX_TOKENS, normalise, safe_text
 
 __all__ = ["UsageStore"]
@@ -43,7 +43,7 @@ def _as_int(value: Any) -> int:
 class UsageStore:
     """Usage methods of :class:`tooti.store.Store` (a mixin)."""
 
-    _backend: Backend
+    _backend: Engine
 
     if TYPE_CHECKING:
 

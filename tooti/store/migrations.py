@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from ._base import Backend, Tx, utcnow
+from ._base import Engine, Tx, utcnow
 
 __all__ = ["MIGRATIONS", "Migration", "apply", "latest_version"]
 
@@ -128,7 +128,7 @@ def latest_version() -> int:
     return MIGRATIONS[-1].version
 
 
-def apply(tx: Tx, backend: Backend) -> list[int]:
+def apply(tx: Tx, backend: Engine) -> list[int]:
     """Apply every pending migration inside the caller's transaction.
 
     Must run in a *write* transaction (``backend.transaction(write=True)``).
