@@ -91,3 +91,16 @@ def test_what_the_gateway_measured_outranks_what_a_node_claims() -> None:
         honest.observe_ttft(60.0)
     picks = Counter(choose([liar, honest], set()).peer_id for _ in range(200))  # type: ignore[union-attr]
     assert picks["honest"] == 200
+
+
+def test_a_fresh_gateway_says_unavailable_not_unknown_while_nodes_rejoin() -> None:
+    from tooti.gateway.registry import LEARN_AFTER_JOIN, LEARN_MAX, Registry
+    from tooti.wire import pb
+
+    reg = Registry(ttl=15.0)
+    t0 = reg._started
+    assert reg.learning(t0 + 0.5)  # nobody back yet
+    reg.update("n", pb.Announcement(seq=1, capacity=1), now=t0 + 1.0)
+    assert reg.learning(t0 + 1.0 + LEARN_AFTER_JOIN / 2)  # the others are still rejoining
+    assert not reg.learning(t0 + 1.0 + LEARN_AFTER_JOIN)
+    assert not Registry(ttl=15.0).learning(t0 + LEARN_MAX + 1)  # and never past LEARN_MAX

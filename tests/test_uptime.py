@@ -52,6 +52,15 @@ def test_nodes_rejoin_a_restarted_gateway_within_two_seconds(tmp_path: Path) -> 
         )
         try:
             again.wait_line("tooti gateway ready:")
+            # Asked while the nodes are rejoining, the gateway says "unavailable, retry" (503)
+            # or already serves (200): never "no such model" (404), which clients do not retry.
+            status = httpx.post(
+                gw.base_url + "/chat/completions",
+                json={"model": "loopback", "messages": [{"role": "user", "content": "x"}]},
+                trust_env=False,
+                timeout=10,
+            ).status_code
+            assert status in (200, 503), status
             took = _wait_nodes(gw, peers, 30)
             print(f"\nall {len(peers)} nodes rejoined {took:.2f} s after the gateway listened again")
             assert took < REJOIN_BOUND_S

@@ -180,8 +180,10 @@ class Dispatcher:
             )
         scope = {namespace} if namespace is not None else allowed
         if not self._registry.serving(model, scope):
-            if self._registry.known(model, scope) or (
-                namespace is not None and namespace in self._known_namespaces()
+            if (
+                self._registry.known(model, scope)
+                or (namespace is not None and namespace in self._known_namespaces())
+                or self._registry.learning()
             ):
                 raise HTTPError(
                     503,

@@ -18,7 +18,10 @@ import trio
 from tooti.wire import pb
 
 DEFAULT_ROUTES = frozenset({"chat", "completions", "embeddings"})  # what every adapter serves
-_MAX_REMEMBERED = 10_000  # (namespace, model) pairs kept for "known but unavailable"
+_MAX_REMEMBERED = 10_000
+#: After a start, how long model names are only "not yet seen": see ``Registry.learning``.
+LEARN_MAX = 5.0
+LEARN_AFTER_JOIN = 1.5  # (namespace, model) pairs kept for "known but unavailable"
 
 
 @dataclasses.dataclass
@@ -71,7 +74,7 @@ class NodeEntry:
 
 
 class Registry:
-    def __init__(self, *, ttl: float, remember_sec: float = 86400.0) -> None:
+    def __init__(self, *, ttl: float, remember_sec: float = 86400.0, learn_max: float = LEARN_MAX) -> None:
         self.ttl = ttl
         self._nodes: dict[str, NodeEntry] = {}
         self.rejected_heartbeats = 0
@@ -79,6 +82,18 @@ class Registry:
         #: (namespace, model) -> when a node last offered it (monotonic); see ``known``
         self._offered: dict[tuple[str, str], float] = {}
         self._remember = remember_sec
+        self._started = time.monotonic()
+        self._first_join: float | None = None
+        self._learn_max = learn_max
+
+    def learning(self, now: float | None = None) -> bool:
+        """True right after start, while the nodes are still rejoining (they come back within a
+        second or two of a restart): until LEARN_AFTER_JOIN after the first node joined, and
+        never longer than LEARN_MAX. Meanwhile an unknown model may only be absent, not unknown."""
+        now = time.monotonic() if now is None else now
+        if now - self._started >= self._learn_max:
+            return False
+        return self._first_join is None or now - self._first_join < LEARN_AFTER_JOIN
 
     def update(self, peer_id: str, ann: pb.Announcement, *, now: float | None = None) -> NodeEntry | None:
         """Insert or refresh the entry for ``peer_id`` from an announcement it was verified to
@@ -109,6 +124,8 @@ class Registry:
             keep = sorted(self._offered.items(), key=lambda kv: kv[1])[-_MAX_REMEMBERED // 2 :]
             self._offered = dict(keep)
         if entry is None:
+            if self._first_join is None:
+                self._first_join = now
             entry = NodeEntry(peer_id=peer_id, **fields)
             self._nodes[peer_id] = entry
         else:
