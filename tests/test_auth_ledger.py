@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
 import pytest
 import trio
 
 from tests._pg import raw_rows
+from tests._wait import until_async
 from tooti.gateway.auth import AuthError, KeyCache, check_scope
 from tooti.gateway.ledger import Ledger
 from tooti.store import ApiKey, Store, StoreUnavailable, UsageRow, open_store
@@ -57,12 +58,6 @@ async def inner(tmp_path):
 @pytest.fixture
 def flaky(inner):
     return FlakyStore(inner)
-
-
-async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    with trio.fail_after(timeout):
-        while not predicate():
-            await trio.sleep(0.01)
 
 
 def bearer(key: str) -> str:
@@ -239,7 +234,7 @@ async def test_ledger_batches_and_stamps_gateway_id(flaky, inner, tmp_path):
         for i in range(120):
             ledger.record(row(i))  # synchronous: no await on the hot path
         assert ledger.pending == 120
-        await wait_until(lambda: ledger.pending == 0)
+        await until_async(lambda: ledger.pending == 0)
         nursery.cancel_scope.cancel()
     assert await inner.count_usage() == 120
     assert max(flaky.batches) <= 50 and sum(flaky.batches) == 120
@@ -258,13 +253,13 @@ async def test_ledger_keeps_rows_across_outage(flaky, inner, caplog):
             await nursery.start(ledger.run)
             for i in range(35):
                 ledger.record(row(i))
-            await wait_until(lambda: not ledger.db_ok)
+            await until_async(lambda: not ledger.db_ok)
             await trio.sleep(0.3)  # several failed retries
             assert ledger.pending == 35
             with pytest.raises(StoreUnavailable):
                 await ledger.flush()
             flaky.down = False
-            await wait_until(lambda: ledger.pending == 0)
+            await until_async(lambda: ledger.pending == 0)
             nursery.cancel_scope.cancel()
     assert await inner.count_usage() == 35 and ledger.db_ok
     messages = [r.getMessage() for r in caplog.records]
@@ -279,9 +274,9 @@ async def test_ledger_ambiguous_failures_never_double_count(flaky, inner):
         await nursery.start(ledger.run)
         for i in range(12):
             ledger.record(row(i))
-        await wait_until(lambda: len(flaky.batches) >= 4)
+        await until_async(lambda: len(flaky.batches) >= 4)
         flaky.fail_after_write = False
-        await wait_until(lambda: ledger.pending == 0)
+        await until_async(lambda: ledger.pending == 0)
         nursery.cancel_scope.cancel()
     assert await inner.count_usage() == 12
 
@@ -345,7 +340,7 @@ async def test_one_bad_row_never_blocks_the_rest(inner):
         for i in range(1000):
             r = row(i)
             ledger.record(dataclasses.replace(r, model="poison") if i in poison else r)
-        await wait_until(lambda: ledger.pending == 0, timeout=30)
+        await until_async(lambda: ledger.pending == 0, timeout=30)
         nursery.cancel_scope.cancel()
     assert await inner.count_usage() == 997
     assert await inner.count_dead_letters() == 3
@@ -366,10 +361,10 @@ async def test_outage_during_a_split_dead_letters_nothing(inner):
             ledger.record(row(i))
         ledger.record(dataclasses.replace(row(20), model="poison"))
         store.down = True  # the database fails while the ledger splits the refused batch
-        await wait_until(lambda: not ledger.db_ok)
+        await until_async(lambda: not ledger.db_ok)
         assert await inner.count_dead_letters() == 0 and ledger.pending == 21
         store.down = False
-        await wait_until(lambda: ledger.pending == 0)
+        await until_async(lambda: ledger.pending == 0)
         nursery.cancel_scope.cancel()
     assert await inner.count_usage() == 20 and await inner.count_dead_letters() == 1
 
@@ -387,7 +382,7 @@ async def test_hostile_values_are_recorded_clamped_and_counted(store_url):
             for i, claim in enumerate(claims, start=1):
                 ledger.record(dataclasses.replace(row(i), prompt_tokens=claim, completion_tokens=claim))
             ledger.record(row(9))
-            await wait_until(lambda: ledger.pending == 0)
+            await until_async(lambda: ledger.pending == 0)
             nursery.cancel_scope.cancel()
         assert await store.count_usage() == 6 and await store.count_dead_letters() == 0
         assert ledger.stats()["clamped"] == 4 and ledger.stats()["normalised"] == 1
@@ -435,7 +430,7 @@ async def test_namespace_verifiers_are_cached_and_changes_reported(inner):
     await inner.create_namespace("b")
     async with trio.open_nursery() as nursery:
         nursery.start_soon(accounts.refresh_namespaces)
-        await wait_until(lambda: accounts.namespaces == {"a", "b"})
+        await until_async(lambda: accounts.namespaces == {"a", "b"})
         first = await accounts.namespace_check("a")
         assert first is not None and first == accounts.verifiers["a"]
 

@@ -16,6 +16,7 @@ import openai
 import pytest
 
 from tests import _procs
+from tests._wait import until
 from tests.conftest import wait_for_models
 from tests.openapi import validate
 
@@ -51,16 +52,6 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
 
 def _stats(url: str) -> dict:
     return httpx.get(url + "/_stats", trust_env=False).json()
-
-
-def _wait(cond, timeout: float = 10.0) -> float:  # type: ignore[no-untyped-def]
-    """Poll a condition observed in another process; returns how long it took."""
-    start = time.monotonic()
-    while not cond():
-        if time.monotonic() - start > timeout:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.02)
-    return time.monotonic() - start
 
 
 def test_every_field_reaches_the_backend(lab: dict) -> None:
@@ -120,7 +111,7 @@ def test_client_disconnect_cancels_backend_request(lab: dict) -> None:
                 if seen == 3:
                     break
     left_at = time.monotonic()
-    took = _wait(lambda: _stats(lab["up"])["cancelled"] > before, timeout=10)
+    took = until(lambda: _stats(lab["up"])["cancelled"] > before, timeout=10)
     assert took < 2.0, f"backend noticed the disconnect only after {took:.2f}s"
     assert _stats(lab["up"])["active"] == 0
     del left_at

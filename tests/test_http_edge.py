@@ -20,6 +20,7 @@ import openai
 import pytest
 
 from tests import _procs
+from tests._wait import until
 from tests.conftest import wait_for_models
 from tests.openapi import validate
 
@@ -301,9 +302,9 @@ def test_a_client_that_leaves_the_queue_never_reaches_the_node(edge: dict) -> No
                     + f"Content-Length: {len(payload)}\r\n\r\n".encode()
                     + payload
                 )
-                _until(lambda: _queue(gw)["depth"] == 1)
+                until(lambda: _queue(gw)["depth"] == 1)
             # hung up while queued: it leaves the queue at once, long before the slot frees
-            _until(lambda: _queue(gw)["depth"] == 0, timeout=1.5)
+            until(lambda: _queue(gw)["depth"] == 0, timeout=1.5)
             for _ in lines:
                 pass
         stats = httpx.get(up_url + "/_stats", trust_env=False).json()
@@ -316,14 +317,6 @@ def test_a_client_that_leaves_the_queue_never_reaches_the_node(edge: dict) -> No
 
 def _queue(gw: _procs.Gateway) -> dict:
     return httpx.get(gw.base_url + "/network/nodes", trust_env=False).json()["queue"]
-
-
-def _until(cond, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
-    """Poll a condition observed in another process."""
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.02)
 
 
 @pytest.mark.parametrize(
@@ -422,7 +415,7 @@ def test_fairness_one_keys_batch_does_not_starve_anothers_request(edge: dict) ->
         payload = json.dumps(body).encode()
         with ThreadPoolExecutor(50) as pool, socket.create_connection(("127.0.0.1", _port(gw))) as b:
             batch = [pool.submit(ask, "key-A") for _ in range(50)]
-            _until(lambda: _queue(gw)["depth"] >= 10, timeout=30)  # A has a queue
+            until(lambda: _queue(gw)["depth"] >= 10, timeout=30)  # A has a queue
             # B's connection is open already, so its request reaches the gateway at once.
             sent_b = time.monotonic()
             b.sendall(

@@ -6,7 +6,6 @@ including a retry after a node is killed mid-answer.
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator
 
 import httpx
@@ -15,6 +14,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests import _procs
+from tests._wait import until
 from tests.conftest import wait_for_models
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -62,7 +62,7 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
         for i, ((_, url), port) in enumerate(zip(ups, node_ports, strict=True))
     ]
     wait_for_models(gw.base_url, {"m"})
-    _wait(lambda: value(scrape(gw.http + "/metrics"), "tooti_gateway_nodes", state="live") == 2)
+    until(lambda: value(scrape(gw.http + "/metrics"), "tooti_gateway_nodes", state="live") == 2)
     yield {
         "gw": gw,
         "nodes": nodes,
@@ -72,15 +72,6 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     }
     for p in [*(n.proc for n in nodes), gw.proc, *(u for u, _ in ups)]:
         p.stop()
-
-
-def _wait(cond, timeout: float = 20.0) -> None:  # type: ignore[no-untyped-def]
-    """A bounded poll on a condition observed in another process."""
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.05)
 
 
 def test_requests_tokens_and_latencies_counted_exactly(net: dict) -> None:
@@ -147,7 +138,7 @@ def test_requests_tokens_and_latencies_counted_exactly(net: dict) -> None:
         assert value(after, "tooti_gateway_node_up", node=node.peer_id, namespace="") == 1
         assert value(after, "tooti_gateway_node_capacity", node=node.peer_id, namespace="") == 4
     # Heartbeats come every second; the first may not have arrived yet.
-    _wait(lambda: total(scrape(url), "tooti_gateway_heartbeats_received_total") > 0)
+    until(lambda: total(scrape(url), "tooti_gateway_heartbeats_received_total") > 0)
 
 
 def test_node_metrics_serves_only_metrics(net: dict) -> None:
@@ -183,7 +174,7 @@ def test_retry_failover_and_killed_node(net: dict) -> None:
             ]
             return bool(serving)
 
-        _wait(busy_upstream)
+        until(busy_upstream)
         victim = net["nodes"][serving[0]]
         victim.proc.kill()
         t.join(60)
@@ -207,5 +198,5 @@ def test_retry_failover_and_killed_node(net: dict) -> None:
     assert delta("tooti_gateway_node_failures_total") == 1
     assert delta("tooti_gateway_requests_total", route="chat", model="m", status="200") == 1
     # The dead node's connection closed, so it is gone from the registry at once.
-    _wait(lambda: value(scrape(url), "tooti_gateway_nodes", state="live") == 1)
+    until(lambda: value(scrape(url), "tooti_gateway_nodes", state="live") == 1)
     assert value(scrape(url), "tooti_gateway_node_up", node=victim.peer_id, namespace="") == 0

@@ -6,7 +6,6 @@ import base64
 import dataclasses
 import functools
 import json
-import socket
 import struct
 import subprocess
 import sys
@@ -18,6 +17,8 @@ import httpx
 import pytest
 import trio
 
+from tests._procs import free_port
+from tests._wait import until_async
 from tests.openapi import validate
 from tests.standins.ollama import OllamaStandin, serve
 from tooti.node.backends.base import BackendError, Reply, Request, Usage
@@ -83,21 +84,6 @@ def sse_events(blocks: list[bytes]) -> list[dict[str, Any]]:
             assert raw != b"data: [DONE]"
             events.append(json.loads(raw[len(b"data: ") :]))
     return events
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-async def wait_for(predicate: Any, *, timeout: float = 5.0) -> None:
-    """Poll ``predicate`` (an async callable) until true; fail after ``timeout`` seconds."""
-    with trio.move_on_after(timeout):
-        while not await predicate():
-            await trio.sleep(0.02)
-        return
-    pytest.fail(f"condition not met within {timeout} s")
 
 
 def usage_of(done: dict[str, Any]) -> Usage:
@@ -491,7 +477,7 @@ async def test_leaving_early_cancels_the_generation(
         stats = (await client.get(f"{standin.url}/_stats")).json()
         return stats == {"cancelled": 1, "completed": 0}
 
-    await wait_for(cancelled)
+    await until_async(cancelled)
 
 
 async def test_completed_stream_is_not_a_cancellation(backend: OllamaBackend, standin: Standin) -> None:
@@ -510,7 +496,7 @@ async def test_cancelling_the_caller_closes_the_backend_request(
     async def cancelled() -> bool:
         return standin.app.stats["cancelled"] == 1
 
-    await wait_for(cancelled)
+    await until_async(cancelled)
 
 
 # -- coalescing ----------------------------------------------------------------------------------

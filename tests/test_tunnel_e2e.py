@@ -17,6 +17,7 @@ import pytest
 import trio
 
 from tests import _procs
+from tests._wait import until_async
 from tests.conftest import wait_for_models
 
 
@@ -57,12 +58,6 @@ def _body(tokens: int, delay_ms: float, model: str = "fake") -> dict[str, Any]:
 
 async def _stats(client: httpx.AsyncClient, up: str) -> dict[str, Any]:
     return (await client.get(up + "/_stats")).json()
-
-
-async def _until(cond: Any, timeout: float = 30.0) -> None:
-    with trio.fail_after(timeout):
-        while not await cond():
-            await trio.sleep(0.05)
 
 
 async def _stream(
@@ -117,10 +112,10 @@ async def test_a_client_that_reads_nothing_holds_up_only_its_own_request(lab: di
             b = await _stats(client, up)
             return a == b["tokens_sent"] and b["active"] == 1
 
-        await _until(paused, timeout=60)
+        await until_async(paused, timeout=60)
         assert (await _stats(client, up))["tokens_sent"] - before["tokens_sent"] < 5_000_000
         await stalled.aclose()
-        await _until(lambda: _cancelled_since(client, up, before, 1))
+        await until_async(lambda: _cancelled_since(client, up, before, 1))
 
 
 async def _cancelled_since(client: httpx.AsyncClient, up: str, before: dict[str, Any], n: int) -> bool:
@@ -148,7 +143,7 @@ async def test_a_reset_cancels_exactly_its_backend_request(lab: dict[str, Any]) 
                 nursery.start_soon(lambda: _append(survivor, _stream(client, gw.http, 60, 20)))
         _node, events = survivor[0]
         assert _content_tokens(events) == 60 and events[-1] == "[DONE]"
-        await _until(lambda: _cancelled_since(client, up, before, 1))
+        await until_async(lambda: _cancelled_since(client, up, before, 1))
         after = await _stats(client, up)
         assert after["cancelled"] - before["cancelled"] == 1
         assert after["completed"] - before["completed"] == 1
@@ -173,7 +168,7 @@ async def test_a_dead_tunnel_fails_only_its_own_requests(lab: dict[str, Any]) ->
                 for i in range(12):
                     nursery.start_soon(one, ("fake", "other")[i % 2])
                 # Once all twelve stream, node a dies, and its tunnel with it.
-                await _until(lambda: _active(client, up, 12))
+                await until_async(lambda: _active(client, up, 12))
                 os.kill(victim.proc.popen.pid, signal.SIGKILL)
         by_node: dict[str, list[list[str]]] = {}
         for node, events in outcomes:
@@ -185,7 +180,7 @@ async def test_a_dead_tunnel_fails_only_its_own_requests(lab: dict[str, Any]) ->
         for events in by_node[survivor.peer_id]:
             assert _content_tokens(events) == 100 and events[-1] == "[DONE]"
         # The dead node's backend requests were cancelled (its connections to the upstream closed).
-        await _until(lambda: _cancelled_since(client, up, before, 6))
+        await until_async(lambda: _cancelled_since(client, up, before, 6))
 
 
 async def _active(client: httpx.AsyncClient, up: str, n: int) -> bool:
