@@ -23,7 +23,7 @@ from pathlib import Path
 
 import httpx
 
-from tests import _procs
+from harness import procs as _procs
 
 
 def _cpu_seconds(pid: int) -> float:

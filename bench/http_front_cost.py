@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.serve:
         serve(args.serve, args.port)
         return 0
-    from tests._procs import free_port
+    from harness.procs import free_port
 
     out: dict[str, Any] = {"streams": args.streams, "rate": args.rate}
     tmp = Path(tempfile.mkdtemp(prefix="tooti-front-"))

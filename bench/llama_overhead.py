@@ -18,7 +18,7 @@ from pathlib import Path
 
 import httpx
 
-from tests import _procs
+from harness import procs as _procs
 
 BODY = {
     "messages": [{"role": "user", "content": "Write one short sentence about the sea."}],

@@ -11,7 +11,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from tests._procs import REPO, Proc, free_port, start_backend, start_gateway, start_node
+from harness.procs import REPO, Proc, free_port, start_backend, start_gateway, start_node
 
 BENCH = Path(__file__).resolve().parent
 VENV = BENCH / ".venv-litellm"

@@ -15,7 +15,7 @@ from libp2p.abc import IHost, INetStream
 from libp2p.peer.id import ID
 from multiaddr import Multiaddr
 
-from tests import _procs
+from harness import procs as _procs
 from tooti.p2p import keys, membership, protocols
 from tooti.p2p.framing import FrameReader, encode
 from tooti.p2p.host import build_host, guarded, peer_of

@@ -32,7 +32,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests import _procs
+from harness import procs as _procs
 from tests.conftest import require
 
 IP_FORWARD = Path("/proc/sys/net/ipv4/ip_forward")

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests import _procs
+from harness import procs as _procs
 from tooti import llamacpp
 
 pytest_plugins = ["tests._pg"]

@@ -17,7 +17,7 @@ import openai
 import pytest
 import trio
 
-from tests import _procs
+from harness import procs as _procs
 from tests._pg import Cluster, private_cluster, raw_rows
 from tests.conftest import logs_text, wait_for_models
 

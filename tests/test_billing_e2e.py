@@ -17,7 +17,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests import _procs
+from harness import procs as _procs
 from tests.conftest import wait_for_models
 
 

@@ -15,7 +15,7 @@ import httpx
 import openai
 import pytest
 
-from tests import _procs
+from harness import procs as _procs
 from tests.conftest import wait_for_models
 
 

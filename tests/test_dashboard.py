@@ -17,7 +17,7 @@ import httpx
 import openai
 import pytest
 
-from tests import _procs
+from harness import procs as _procs
 from tests.conftest import require, wait_for_models
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

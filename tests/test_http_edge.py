@@ -19,7 +19,7 @@ import httpx
 import openai
 import pytest
 
-from tests import _procs
+from harness import procs as _procs
 from tests._wait import until
 from tests.conftest import wait_for_models
 from tests.openapi import validate

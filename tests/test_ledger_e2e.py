@@ -16,7 +16,7 @@ import httpx
 import pytest
 import trio
 
-from tests import _procs
+from harness import procs as _procs
 from tests._pg import Cluster, raw_rows
 from tests.conftest import wait_for_models
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import openai
 
-from tests import _procs
+from harness import procs as _procs
 from tests.conftest import wait_for_models
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import libp2p  # noqa: F401 - imported first, as in the real processes: it reconfigures logging
 
-from tests import _procs
+from harness import procs as _procs
 from tests.conftest import wait_for_models
 from tooti import logs
 from tooti._logsummary import Outages, RepeatFilter

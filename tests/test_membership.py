@@ -19,7 +19,7 @@ from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import info_from_p2p_addr
 from multiaddr import Multiaddr
 
-from tests import _procs
+from harness import procs as _procs
 from tests._attack import FakeGateway, member_key, try_inference
 from tooti.p2p import keys, membership, protocols
 from tooti.p2p.framing import FrameReader, encode

@@ -13,7 +13,7 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests import _procs
+from harness import procs as _procs
 from tests._wait import until
 from tests.conftest import wait_for_models
 

@@ -28,7 +28,7 @@ import httpx
 import openai
 import pytest
 
-from tests import _procs
+from harness import procs as _procs
 from tests._netns import NatLab, nat_lab  # noqa: F401 - the fixture
 from tests.conftest import require, wait_for_models
 from tooti import llamacpp

@@ -17,7 +17,7 @@ import httpx
 import pytest
 import trio
 
-from tests._procs import free_port
+from harness.procs import free_port
 from tests._wait import until_async
 from tests.openapi import validate
 from tests.standins.ollama import OllamaStandin, serve

@@ -16,7 +16,7 @@ import pytest
 import trio
 from multiaddr import Multiaddr
 
-from tests import _procs
+from harness import procs as _procs
 from tests._attack import FakeGateway, member_key
 from tooti.p2p import membership, protocols
 from tooti.p2p.framing import FrameReader, encode

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests import _procs
+from harness import procs as _procs
 from tests.conftest import wait_for_models
 from tooti._sanitize import printable
 from tooti.status import render

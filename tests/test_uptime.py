@@ -11,7 +11,7 @@ import trio
 from libp2p.peer.peerinfo import info_from_p2p_addr
 from multiaddr import Multiaddr
 
-from tests import _procs
+from harness import procs as _procs
 from tooti.p2p.host import build_host
 from tooti.p2p.identity import load_or_create
 

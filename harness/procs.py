@@ -1,4 +1,4 @@
-"""Starting tooti's real processes (gateways, nodes, backends) for tests, and stopping them.
+"""Starting tooti's real processes (gateways, nodes, backends) for tests and benchmarks, and stopping them.
 
 Each process writes stderr to a log file in the test's temporary directory; stdout is read
 for the single "ready" line each command prints. ``logs_text()`` gathers every log for
