@@ -18,7 +18,7 @@ from tooti.wire import pb
 
 
 def _gateway() -> types.SimpleNamespace:
-    registry = Registry(ttl=15.0, learn_max=0)  # long running: unknown names are 404 at once
+    registry = Registry(ttl=15.0)
     dispatcher = Dispatcher(registry, None, max_attempts=3, first_token_timeout=5, total_timeout=10)  # type: ignore[arg-type]  # no node is ever dialled here
     return types.SimpleNamespace(registry=registry, dispatcher=dispatcher, peer_id="gw", heartbeats={})
 

@@ -97,10 +97,11 @@ def test_a_fresh_gateway_says_unavailable_not_unknown_while_nodes_rejoin() -> No
     from tooti.gateway.registry import LEARN_AFTER_JOIN, LEARN_MAX, Registry
     from tooti.wire import pb
 
-    reg = Registry(ttl=15.0)
+    reg = Registry(ttl=15.0, learn_max=LEARN_MAX)
     t0 = reg._started
     assert reg.learning(t0 + 0.5)  # nobody back yet
     reg.update("n", pb.Announcement(seq=1, capacity=1), now=t0 + 1.0)
     assert reg.learning(t0 + 1.0 + LEARN_AFTER_JOIN / 2)  # the others are still rejoining
     assert not reg.learning(t0 + 1.0 + LEARN_AFTER_JOIN)
-    assert not Registry(ttl=15.0).learning(t0 + LEARN_MAX + 1)  # and never past LEARN_MAX
+    assert not Registry(ttl=15.0, learn_max=LEARN_MAX).learning(t0 + LEARN_MAX + 1)  # never past it
+    assert not Registry(ttl=15.0).learning(t0)  # a first start has no nodes to wait for

@@ -36,10 +36,11 @@ class Gateway:
         total_timeout: float,
         namespace_check: NamespaceCheck | None,
         known_namespaces: Callable[[], set[str]] = set,
+        learn_sec: float = 0.0,
     ) -> None:
         self.host = host
         self.peer_id = str(host.get_id())
-        self.registry = Registry(ttl=ttl)
+        self.registry = Registry(ttl=ttl, learn_max=learn_sec)
         self.pool = StreamPool(host)
         self.peering = Peering(host, key_pair, trust, certificate)
         self.control = NodeControl(

@@ -74,7 +74,7 @@ class NodeEntry:
 
 
 class Registry:
-    def __init__(self, *, ttl: float, remember_sec: float = 86400.0, learn_max: float = LEARN_MAX) -> None:
+    def __init__(self, *, ttl: float, remember_sec: float = 86400.0, learn_max: float = 0.0) -> None:
         self.ttl = ttl
         self._nodes: dict[str, NodeEntry] = {}
         self.rejected_heartbeats = 0
@@ -87,11 +87,12 @@ class Registry:
         self._learn_max = learn_max
 
     def learning(self, now: float | None = None) -> bool:
-        """True right after start, while the nodes are still rejoining (they come back within a
-        second or two of a restart): until LEARN_AFTER_JOIN after the first node joined, and
-        never longer than LEARN_MAX. Meanwhile an unknown model may only be absent, not unknown."""
+        """True right after a restart (``learn_max`` > 0), while the nodes are still rejoining
+        (they come back within a second or two): until LEARN_AFTER_JOIN after the first node
+        joined, and never longer than ``learn_max``. Meanwhile an unknown model may only be
+        absent, not unknown. A gateway on its first start has no nodes to wait for."""
         now = time.monotonic() if now is None else now
-        if now - self._started >= self._learn_max:
+        if self._learn_max <= 0 or now - self._started >= self._learn_max:
             return False
         return self._first_join is None or now - self._first_join < LEARN_AFTER_JOIN
 

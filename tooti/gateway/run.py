@@ -27,6 +27,7 @@ from .app import Accounts, create_app
 from .control import NamespaceCheck
 from .core import Gateway
 from .http import _hypercorn
+from .registry import LEARN_MAX
 
 if TYPE_CHECKING:
     from trio_typing import TaskStatus  # the stubs mypy reads for trio (installed with libp2p)
@@ -85,6 +86,9 @@ async def run_gateway(
 ) -> None:
     """Run a gateway until cancelled. ``task_status.started`` gets a :class:`Started` once
     both the p2p host and the HTTP server listen."""
+    # A gateway whose identity existed before this start is restarting: its nodes are coming
+    # back, so for a few seconds a model it has not heard of yet is "unavailable", not unknown.
+    restarting = Path(cfg.gateway.identity_key_file).exists()  # noqa: ASYNC240 - once, at start-up
     key_pair = load_or_create(cfg.gateway.identity_key_file)
     host = build_host(key_pair, max_connections=cfg.network.max_connections)
     trust, certificate = load_membership(cfg, host.get_id())
@@ -99,6 +103,7 @@ async def run_gateway(
         total_timeout=cfg.timeouts.total_sec,
         namespace_check=namespace_check,
         known_namespaces=known_namespaces,
+        learn_sec=LEARN_MAX if restarting else 0.0,
     )
     host.set_stream_handler(protocols.CONTROL, guarded("control")(gw.control.handle))
     host.set_stream_handler(protocols.PEERING, guarded("peering")(gw.peering.handle))
