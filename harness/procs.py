@@ -233,3 +233,18 @@ def start_backend(module: str, log: Path, *args: str) -> tuple[Proc, str]:
     proc = Proc([sys.executable, "-m", module, "--port", str(port), *args], log=log)
     url = proc.wait_line("ready", timeout=120).split()[-1]
     return proc, url
+
+
+def admin(database_url: str, *args: str) -> str:
+    """Run ``tooti <args>`` (an administrative command) against ``database_url``; its stdout.
+    Fails the test when the command fails."""
+    out = subprocess.run(
+        [sys.executable, "-m", "tooti", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+        env={**os.environ, "TOOTI_DATABASE_URL": database_url},
+    )
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()

@@ -5,9 +5,6 @@ the wire by signature with namespace keys (the database holds public keys only),
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -20,18 +17,6 @@ import trio
 from harness import procs as _procs
 from tests._pg import Cluster, private_cluster, raw_rows
 from tests.conftest import logs_text, wait_for_models
-
-
-def _cli(db: str, *args: str) -> str:
-    out = subprocess.run(
-        [sys.executable, "-m", "tooti", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, "TOOTI_DATABASE_URL": db},
-    )
-    assert out.returncode == 0, out.stderr
-    return out.stdout.strip()
 
 
 @pytest.fixture(scope="module")
@@ -49,11 +34,11 @@ def pg_db(cluster: Cluster) -> str:
 @pytest.fixture(scope="module")
 def world(pg_db: str, cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     tmp = tmp_path_factory.mktemp("accounts")
-    _cli(pg_db, "db", "migrate")
-    acme_key_text = _cli(pg_db, "namespace", "create", "acme", "--owner", "acme-corp")
-    beta_key_text = _cli(pg_db, "namespace", "create", "beta")
-    acme_key = _cli(pg_db, "apikey", "create", "--owner", "alice", "--namespace", "acme")
-    any_key = _cli(pg_db, "apikey", "create", "--owner", "bob")
+    _procs.admin(pg_db, "db", "migrate")
+    acme_key_text = _procs.admin(pg_db, "namespace", "create", "acme", "--owner", "acme-corp")
+    beta_key_text = _procs.admin(pg_db, "namespace", "create", "beta")
+    acme_key = _procs.admin(pg_db, "apikey", "create", "--owner", "alice", "--namespace", "acme")
+    any_key = _procs.admin(pg_db, "apikey", "create", "--owner", "bob")
     gw1 = _procs.start_gateway(tmp, "gw1", auth="keys", database_url=pg_db)
     gw2 = _procs.start_gateway(tmp, "gw2", auth="keys", database_url=pg_db, bootstrap=[gw1.p2p])
     env_acme = {"ACME_NS_KEY": acme_key_text}
@@ -259,11 +244,11 @@ def test_thousand_requests_thousand_rows(world: dict) -> None:
 
 
 def test_revocation_reaches_every_gateway_within_5s(world: dict) -> None:
-    key = _cli(world["db"], "apikey", "create", "--owner", "carol")
+    key = _procs.admin(world["db"], "apikey", "create", "--owner", "carol")
     prefix = key.split("-")[1]
     for gw in world["gws"]:
         assert _chat(gw, key, "acme:loopback").status_code == 200
-    _cli(world["db"], "apikey", "revoke", prefix)
+    _procs.admin(world["db"], "apikey", "revoke", prefix)
     revoked_at = time.monotonic()
     pending = set(range(len(world["gws"])))
     while pending:
@@ -363,7 +348,7 @@ def test_rotation_and_deletion_evict_joined_nodes_on_every_gateway(world: dict) 
     db, tmp, gws = world["db"], world["tmp"], world["gws"]
     nodes = []
     for ns in ("gamma", "delta"):
-        key_text = _cli(db, "namespace", "create", ns)
+        key_text = _procs.admin(db, "namespace", "create", ns)
         nodes.append(
             _procs.start_node(
                 tmp,
@@ -381,8 +366,8 @@ def test_rotation_and_deletion_evict_joined_nodes_on_every_gateway(world: dict) 
                 headers={"Authorization": f"Bearer {world['any_key']}"},
             )
         start = time.monotonic()
-        _cli(db, "namespace", "rotate", "gamma")
-        _cli(db, "namespace", "delete", "delta")
+        _procs.admin(db, "namespace", "rotate", "gamma")
+        _procs.admin(db, "namespace", "delete", "delta")
         deadline = start + 15
         while any({"gamma", "delta"} & _namespaces_on(gw, world["any_key"]) for gw in gws):
             assert time.monotonic() < deadline, "namespace change did not evict the nodes"

@@ -7,10 +7,7 @@ used to merge rows. A client that hangs up is billed the completion tokens it wa
 
 from __future__ import annotations
 
-import os
 import sqlite3
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 
@@ -21,25 +18,13 @@ from harness import procs as _procs
 from tests.conftest import wait_for_models
 
 
-def _cli(db: str, *args: str) -> str:
-    out = subprocess.run(
-        [sys.executable, "-m", "tooti", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, "TOOTI_DATABASE_URL": db},
-    )
-    assert out.returncode == 0, out.stderr
-    return out.stdout.strip()
-
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     tmp = tmp_path_factory.mktemp("billing")
     path = tmp / "ledger.db"
     db = f"sqlite:///{path}"
-    _cli(db, "db", "migrate")
-    key = _cli(db, "apikey", "create", "--owner", "alice")
+    _procs.admin(db, "db", "migrate")
+    key = _procs.admin(db, "apikey", "create", "--owner", "alice")
     up, up_url = _procs.start_backend("tests.standins.openai_upstream", tmp / "up.log", "--model", "fake")
     gw = _procs.start_gateway(tmp, auth="keys", database_url=db)
     node = _procs.start_node(tmp, "n", gateways=[gw], backend={"type": "openai", "base_url": up_url})

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,23 +22,11 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 
 
-def _apikey(db: str) -> str:
-    out = subprocess.run(
-        [sys.executable, "-m", "tooti", "apikey", "create"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, "TOOTI_DATABASE_URL": db},
-    )
-    assert out.returncode == 0, out.stderr
-    return out.stdout.strip()
-
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     tmp = tmp_path_factory.mktemp("dashboard")
     db = f"sqlite:///{tmp / 'tooti.db'}"
-    admin, user = _apikey(db), _apikey(db)
+    admin, user = _procs.admin(db, "apikey", "create"), _procs.admin(db, "apikey", "create")
     admin_prefix = admin.split("-")[1]
     gw = _procs.start_gateway(
         tmp, auth="keys", database_url=db, extra={"admin": {"key_prefixes": [admin_prefix]}}

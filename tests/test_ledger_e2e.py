@@ -5,10 +5,7 @@ flushes what is waiting, and /v1/usage survives rows no gateway would write.
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 
@@ -19,18 +16,6 @@ import trio
 from harness import procs as _procs
 from tests._pg import Cluster, raw_rows
 from tests.conftest import wait_for_models
-
-
-def _cli(db: str, *args: str) -> str:
-    out = subprocess.run(
-        [sys.executable, "-m", "tooti", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, "TOOTI_DATABASE_URL": db},
-    )
-    assert out.returncode == 0, out.stderr
-    return out.stdout.strip()
 
 
 def _count(db: str) -> int:
@@ -50,8 +35,8 @@ def _wait_count(db: str, want: int, timeout: float = 30) -> int:
 @pytest.fixture
 def world(pg_cluster: Cluster, tmp_path) -> Iterator[dict]:  # type: ignore[no-untyped-def]
     db = pg_cluster.url
-    _cli(db, "db", "migrate")
-    key = _cli(db, "apikey", "create", "--owner", "ledger")
+    _procs.admin(db, "db", "migrate")
+    key = _procs.admin(db, "apikey", "create", "--owner", "ledger")
     gw = _procs.start_gateway(tmp_path, "gw", auth="keys", database_url=db)
     node = _procs.start_node(
         tmp_path, "node", gateways=[gw], backend={"type": "loopback"}, node={"max_concurrency": 32}
