@@ -83,7 +83,6 @@ class NodeControl:
         self._sessions: dict[str, _Session] = {}
         self._me = ID.from_base58(peering.peer_id).to_bytes()
         self.refused = 0
-        self.rejected_heartbeats = 0
         self.heartbeats = 0
         peering.on_change(self._membership_changed)
 
@@ -201,7 +200,6 @@ class NodeControl:
             if reason is None and hb.namespace != first.namespace:
                 reason = "namespace differs from the one proved at join"
             if reason is not None:
-                self.rejected_heartbeats += 1
                 self._registry.rejected_heartbeats += 1
                 log.debug("heartbeat from %s rejected: %s", peer, reason)
                 continue

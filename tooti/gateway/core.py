@@ -58,7 +58,7 @@ class Gateway:
 
     @property
     def heartbeats(self) -> dict[str, int]:
-        return {"control": self.control.heartbeats, "rejected": self.control.rejected_heartbeats}
+        return {"control": self.control.heartbeats, "rejected": self.registry.rejected_heartbeats}
 
     @property
     def other_gateways(self) -> dict[str, str]:

@@ -148,7 +148,7 @@ def create_admin(gw: Gateway, accounts: Accounts | None) -> QuartTrio:
                 "gateway": gw.peer_id,
                 "data": nodes,
                 "queue": queue,
-                "heartbeats": {**gw.heartbeats, "rejected": gw.registry.rejected_heartbeats},
+                "heartbeats": gw.heartbeats,
             }
         )
 
