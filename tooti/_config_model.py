@@ -108,6 +108,9 @@ class GatewaySection:
     # Browser origins allowed to call the API (CORS), e.g. "http://localhost:3000"; "*" for
     # any. Empty: no CORS headers at all, so browsers on other origins are refused.
     cors_origins: tuple[str, ...] = ()
+    # "tooti": the gateway's own HTTP/1.1 server (tooti.gateway.http.server), built for the
+    # per-token hot path; "hypercorn": Hypercorn, kept as a fallback.
+    http_server: Literal["tooti", "hypercorn"] = "tooti"
 
     @property
     def http_host(self) -> str:

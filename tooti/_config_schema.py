@@ -172,6 +172,7 @@ _GATEWAY_SCHEMA = _yp.Section(
                     "auth": _yp.Field(_yp.one_of("keys", "open")),
                     "id": _yp.Field(_yp.nonempty_string),
                     "cors_origins": _yp.Field(_yp.list_of(_yp.nonempty_string)),
+                    "http_server": _yp.Field(_yp.one_of("tooti", "hypercorn")),
                 },
                 post=_gateway_section_post,
             )

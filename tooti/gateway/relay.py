@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING
 
 import trio
@@ -60,7 +60,9 @@ class _Pending:
 
     The one task consuming it parks in ``wait`` and the reader reschedules it directly: a token
     costs no Event and no cancel scope. Idle timeouts are enforced by the pool's watchdog
-    (``StreamPool.run``), which marks an exchange whose consumer has waited too long.
+    (``StreamPool.run``), which marks an exchange whose consumer has waited too long. With a
+    ``sink`` the reader hands data to it and does not wake the consumer at all (see
+    :meth:`Exchange.direct`).
     """
 
     __slots__ = (
@@ -70,7 +72,10 @@ class _Pending:
         "failure",
         "head",
         "outstanding",
+        "patience",
+        "poked",
         "rid",
+        "sink",
         "timed_out",
         "uncredited",
         "waiter",
@@ -87,6 +92,9 @@ class _Pending:
         self.timed_out = False
         self.outstanding = 0  # data bytes received and not yet credited back
         self.uncredited = 0  # of those, consumed by the HTTP side and not yet credited
+        self.sink: Callable[[bytes], bool] | None = None
+        self.patience = math.inf
+        self.poked = False
 
     def wake(self) -> None:
         task = self.waiter
@@ -102,6 +110,7 @@ class _Pending:
     async def wait(self, patience: float) -> None:
         """Until the reader delivers something (or fails the exchange); raises
         trio.TooSlowError when the watchdog saw nothing arrive for ``patience`` seconds."""
+        self.patience = patience
         self.deadline = trio.current_time() + patience
         self.waiter = trio.lowlevel.current_task()
 
@@ -155,17 +164,28 @@ class _Tunnel:
 
     async def _read(self) -> str:
         async for batch in read_frames(self.stream):
+            now = 0.0
             for f in batch:
                 p = self.open.get(f.request)
                 if p is None:
                     continue  # crossed our reset on the wire
                 kind = f.WhichOneof("kind")
                 if kind == "data":
-                    n = len(f.data)
+                    data = f.data
+                    n = len(data)
                     if p.head is None or p.end is not None or p.outstanding + n > WINDOW:
                         raise ProtocolViolation("data outside an open window")
                     p.outstanding += n
-                    p.blocks.append(f.data)
+                    sink = p.sink
+                    if sink is not None and not p.blocks and sink(data):
+                        # Written straight to the client: credit it, keep the idle timer
+                        # fed, and leave the consumer parked.
+                        self.credit(p, n)
+                        if p.waiter is not None:
+                            now = now or trio.current_time()
+                            p.deadline = now + p.patience
+                        continue
+                    p.blocks.append(data)
                 elif kind == "head":
                     if p.head is not None:
                         raise ProtocolViolation("second head")
@@ -327,12 +347,28 @@ class Exchange:
     def end(self) -> pb.ResponseEnd | None:
         return self._p.end
 
+    def direct(self, sink: Callable[[bytes], bool] | None) -> None:
+        """From now on the tunnel's reader offers each block to ``sink`` as it arrives (None:
+        stop). ``sink(block)`` returns True when it took the block (wrote it to the client);
+        the block is then credited at once and ``data()`` never sees it. When it returns
+        False (the client's socket is full), that block and every later one queue for
+        ``data()`` as without a sink, until the queue is drained. ``sink`` runs in the
+        reader's task: it must not block, and must not raise."""
+        self._p.sink = sink
+
+    def poke(self) -> None:
+        """Wake the consumer: ``data()`` yields an empty block if it has nothing else (a sink
+        that left part of a block in its own buffer asks for a flush this way)."""
+        self._p.poked = True
+        self._p.wake()
+
     async def data(self) -> AsyncIterator[bytes]:
         p, tunnel = self._p, self._tunnel
         while True:
             blocks = p.blocks
             if blocks:
                 p.blocks = []
+                p.poked = False
                 block = blocks[0] if len(blocks) == 1 else b"".join(blocks)
                 tunnel.credit(p, len(block))
                 yield block
@@ -342,6 +378,10 @@ class Exchange:
                 return
             if p.failure is not None:
                 raise NodeFailure(p.failure)
+            if p.poked:
+                p.poked = False
+                yield b""
+                continue
             await p.wait(self._idle_timeout)
 
     async def close(self) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -27,6 +28,7 @@ from .app import Accounts, create_app
 from .control import NamespaceCheck
 from .core import Gateway
 from .http import _hypercorn
+from .http import server as http_server
 from .registry import LEARN_MAX
 
 if TYPE_CHECKING:
@@ -143,7 +145,12 @@ async def run_gateway(
                 nursery.start_soon(gw.probes.run, gw.control.joined)
                 nursery.start_soon(gw.peering.run, list(cfg.network.bootstrap))
                 nursery.start_soon(_announce_loop, discovery, gw)
-                urls = await nursery.start(_serve, app, hc)
+                if cfg.gateway.http_server == "hypercorn":
+                    urls = await nursery.start(_serve, app, hc)
+                else:
+                    urls = await nursery.start(
+                        partial(http_server.serve, app, cfg.gateway.http_host, cfg.gateway.http_port)
+                    )
                 log.info("gateway %s listening: http %s, p2p %s", gw.peer_id, ", ".join(urls), ", ".join(p2p))
                 task_status.started(Started(gw, urls, p2p))
         finally:

@@ -13,6 +13,7 @@ connection carries the next request), a larger one gets ``Connection: close``, a
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 import uuid
@@ -48,6 +49,7 @@ class RequestContext:
     __slots__ = (
         "client_host",
         "client_request_id",
+        "direct",
         "headers",
         "method",
         "path",
@@ -60,6 +62,8 @@ class RequestContext:
         self.method: str = scope["method"]
         self.path: str = scope["path"]
         self.headers: list[tuple[bytes, bytes]] = scope["headers"]
+        # tooti's own server lets a started stream be written to without a send() per chunk.
+        self.direct: Any = (scope.get("extensions") or {}).get("tooti.direct")
         client = scope.get("client")
         self.client_host = str(client[0]) if client else ""
         self.request_id = f"req_{uuid.uuid4().hex}"
@@ -71,6 +75,17 @@ class RequestContext:
             (b"x-tooti-request-id", self.request_id.encode()),
             *cors,
         ]
+
+    def caller(self, key: Any) -> str:
+        """Who the request is queued for, for fairness: the API key, else the presented
+        credential (open mode), else the client's address."""
+        prefix = getattr(key, "prefix", None)
+        if isinstance(prefix, str) and prefix:
+            return "key:" + prefix
+        cred = self.header(b"authorization") or self.header(b"x-api-key")
+        if cred:
+            return "cred:" + hashlib.sha256(cred.encode()).hexdigest()[:16]
+        return "addr:" + self.client_host
 
     def header(self, name: bytes) -> str | None:
         for key, value in self.headers:

@@ -17,7 +17,6 @@ reset, which cancels the backend request). It is never counted against the node.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import math
 import time
@@ -197,7 +196,7 @@ class Inference:
             body=raw,
             model_ref=model_ref,
             request_id=ctx.request_id,
-            caller=_caller(key, ctx),
+            caller=ctx.caller(key),
             priority=ctx.priority,
             allowed_namespaces=allowed,
             want_usage=self._accounts is not None or stream,
@@ -233,18 +232,39 @@ class Inference:
             # lifted at the first content delta, or at the second block (tool-call deltas).
             first_token = trio.CancelScope(deadline=trio.current_time() + self._first_token_timeout())
             blocks = 0
+
+            def account(block: bytes) -> None:
+                nonlocal blocks
+                counter.feed(block)
+                timer.tick()
+                blocks += 1
+                if counter.deltas or blocks > 1:
+                    first_token.deadline = math.inf
+                progress.delivered += len(block)
+
+            direct = ctx.direct
+
+            def sink(block: bytes) -> bool:
+                # Runs in the tunnel's reader: one token straight to the client's socket.
+                if not direct.write_now(block):
+                    return False
+                account(block)
+                if direct.backlogged:
+                    ex.poke()  # part of it waits in the connection's buffer: flush soon
+                return True
+
             try:
                 with first_token:
                     async for block in ex.data():
-                        counter.feed(block)
-                        timer.tick()
-                        blocks += 1
-                        if counter.deltas or blocks > 1:
-                            first_token.deadline = math.inf
-                        progress.delivered += len(block)
+                        if block:
+                            account(block)
                         if not progress.started:
                             progress.status, progress.started = 200, True
                             await out.start(send, 200, out.EVENT_STREAM, headers)
+                            await out.body(send, block, more=True)
+                            if direct is not None:
+                                ex.direct(sink)
+                            continue
                         await out.body(send, block, more=True)
                 if first_token.cancelled_caught:
                     raise trio.TooSlowError
@@ -270,6 +290,7 @@ class Inference:
             outcome = Outcome.CLIENT_GONE if progress.gone else Outcome.GATEWAY_LIMIT
             raise
         finally:
+            ex.direct(None)
             progress.deltas = counter.deltas
             if failure is not None:
                 progress.status = failure.status
@@ -329,7 +350,7 @@ class Inference:
         if end is not None and end.HasField("error"):
             raise error_from_answer(whole.head, whole.body, end.error)
         progress.status = client_status(whole.head.status)
-        content_type = _content_type(whole.head.content_type)
+        content_type = out.content_type_of(whole.head.content_type)
         headers = [(b"x-tooti-node", whole.entry.peer_id.encode()), *ctx.response_headers]
         progress.complete = True
         progress.responded = True  # before the send: Hypercorn ends the request inside it
@@ -381,26 +402,6 @@ async def _watch_disconnect(receive: Any, work: trio.CancelScope, progress: _Pro
                 progress.gone = True
                 work.cancel()
             return
-
-
-def _caller(key: Any, ctx: RequestContext) -> str:
-    """Who a request is queued for, for fairness: the API key, else the presented credential
-    (open mode), else the client's address."""
-    prefix = getattr(key, "prefix", None)
-    if isinstance(prefix, str) and prefix:
-        return "key:" + prefix
-    cred = ctx.header(b"authorization") or ctx.header(b"x-api-key")
-    if cred:
-        return "cred:" + hashlib.sha256(cred.encode()).hexdigest()[:16]
-    return "addr:" + ctx.client_host
-
-
-_CONTENT_TYPES = ("application/json", "text/event-stream", "text/plain", "audio/", "image/")
-
-
-def _content_type(value: str) -> bytes:
-    """The node's content type when it is one the API uses, else JSON."""
-    return value.encode("latin-1") if value.startswith(_CONTENT_TYPES) and value.isascii() else out.JSON
 
 
 def _too_large(limit: int) -> HTTPError:

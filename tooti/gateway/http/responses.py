@@ -27,6 +27,14 @@ JSON = b"application/json"
 EVENT_STREAM = b"text/event-stream"
 
 
+_CONTENT_TYPES = ("application/json", "text/event-stream", "text/plain", "audio/", "image/")
+
+
+def content_type_of(value: str) -> bytes:
+    """A node's content type when it is one the API uses, else JSON."""
+    return value.encode("latin-1") if value.startswith(_CONTENT_TYPES) and value.isascii() else JSON
+
+
 def shielded(send: Send) -> Send:
     """``send`` whose last message of a response cannot be interrupted. Only that one needs
     it (Hypercorn closes or recycles the connection inside it); the pieces of a stream go
