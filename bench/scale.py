@@ -32,6 +32,7 @@ import trio
 
 from bench import driver, report
 from bench.targets import BENCH, VENV, Tooti, Upstream, cpu_seconds, memory_mb
+from tooti.wire import MAX_CONCURRENCY
 
 RESULTS = BENCH / "results"
 
@@ -236,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     upstream = Upstream(tmp)
     tooti = None
     try:
-        tooti = Tooti(tmp, upstream.url, max_concurrency=args.streams + 100)
+        tooti = Tooti(tmp, upstream.url, max_concurrency=min(args.streams + 100, MAX_CONCURRENCY))
         before = {"gateway": memory_mb([tooti.gw_pid]), "node": memory_mb([tooti.node_pid])}
         out = trio.run(run, args, tooti, upstream)
         after = {"gateway": memory_mb([tooti.gw_pid]), "node": memory_mb([tooti.node_pid])}

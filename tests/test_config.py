@@ -574,3 +574,10 @@ def test_cli_config_check() -> None:
     assert _cli("-file", str(DATA / "missing.yaml")).returncode == 2
     forced = _cli("-file", str(DATA / "good_node_minimal.yaml"), "--kind", "gateway")
     assert forced.returncode == 1
+
+
+def test_max_concurrency_is_bounded_by_what_gateways_accept(tmp_path: Path) -> None:
+    # A gateway refuses a heartbeat claiming more capacity than this; the config says so first.
+    (problem,) = check_file(write(tmp_path, node_yaml("  max_concurrency: 20000\n")))[1]
+    assert problem.key == "node.max_concurrency"
+    assert problem.message == "must be between 1 and 16384, got 20000"

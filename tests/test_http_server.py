@@ -75,6 +75,16 @@ class _App:
                 await self.release.wait()
                 await send({"type": "http.response.body", "body": b"", "more_body": True})  # flush
                 await send({"type": "http.response.body", "body": b"last"})
+        elif path == "/watch":  # as the gateway's inference routes do under tooti's server
+            await receive()
+            self.direct = scope["extensions"]["tooti.direct"]
+            self.direct.on_hangup(self.disconnected.set)
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"first;", "more_body": True})
+            self.stream_started.set()
+            with trio.move_on_after(10):
+                await self.disconnected.wait()
+            self.direct.on_hangup(None)
         elif path == "/crash":
             raise RuntimeError("boom")
         else:
@@ -247,3 +257,15 @@ async def test_direct_writes_keep_order_through_a_full_socket_and_hang_ups_are_s
             await stream.aclose()
             with trio.fail_after(5):
                 await app2.disconnected.wait()
+
+
+async def test_hang_ups_are_seen_by_the_shared_watcher() -> None:
+    app = _App()
+    async with _serving(app) as addr:
+        stream = await trio.open_tcp_stream(*addr)
+        await stream.send_all(b"POST /watch HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n")
+        with trio.fail_after(5):
+            await app.stream_started.wait()
+        await stream.aclose()
+        with trio.fail_after(5):
+            await app.disconnected.wait()

@@ -51,6 +51,7 @@ from tooti._config_model import (
     RoutingSection,
     TimeoutsSection,
 )
+from tooti.wire import MAX_CONCURRENCY
 
 # --------------------------------------------------------------------------
 # Cross-field checks that build config objects (the others live in
@@ -105,7 +106,7 @@ _NODE_SCHEMA = _yp.Section(
                     "identity_key_file": _yp.Field(_key_file, required=True),
                     "namespace": _yp.Field(_namespace),
                     "namespace_key": _yp.Field(_namespace_key),
-                    "max_concurrency": _yp.Field(_yp.integer(1)),
+                    "max_concurrency": _yp.Field(_yp.integer(1, MAX_CONCURRENCY)),
                 },
             ),
         ),

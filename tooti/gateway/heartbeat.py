@@ -12,12 +12,12 @@ from __future__ import annotations
 import math
 import time
 
-from tooti.wire import pb
+from tooti.wire import MAX_CONCURRENCY, pb
 
 MAX_MODELS = 256
 MAX_NAME_LEN = 128
 MAX_VERSION_LEN = 32
-MAX_CAPACITY = 4096
+MAX_CAPACITY = MAX_CONCURRENCY
 #: A heartbeat's clock may differ from ours by this much (ms) before it is refused.
 CLOCK_WINDOW_MS = 5 * 60 * 1000
 #: Self-reported TTFT (ms) and decode speed (tokens/s) are clamped into these ranges.

@@ -39,7 +39,7 @@ from tooti.p2p.tunnel import (
     pieces,
     read_frames,
 )
-from tooti.wire import pb
+from tooti.wire import MAX_CONCURRENCY, pb
 
 from .backends.base import Backend, BackendError, Request, RouteName
 from .stats import NodeStats
@@ -59,7 +59,7 @@ MAX_REQUEST_BODY = 64 * 1024 * 1024
 MAX_ASSEMBLING = 256 * 1024 * 1024
 #: Exchanges open on one tunnel at once (running, waiting for their body, or being refused);
 #: past this the gateway is misbehaving and the tunnel ends.
-MAX_OPEN = 16384
+MAX_OPEN = MAX_CONCURRENCY
 
 
 class InferenceService:

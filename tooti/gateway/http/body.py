@@ -27,6 +27,11 @@ class BodyTooLarge(Exception):
     pass
 
 
+def too_large(limit: int) -> HTTPError:
+    """The answer to a body over ``limit`` bytes."""
+    return HTTPError(413, f"request body exceeds {limit} bytes", code="request_too_large")
+
+
 def declared_length(headers: list[tuple[bytes, bytes]]) -> int | None:
     for name, value in headers:
         if name == b"content-length":

@@ -12,16 +12,16 @@ from __future__ import annotations
 
 import logging
 import socket
-import time
 from collections.abc import Awaitable, Callable
-from email.utils import formatdate
 from typing import Any
-from urllib.parse import unquote_to_bytes
 
 import h11
 import trio
 
 from tooti.openai_shapes import error_json
+
+from . import _h1
+from ._hangups import HangupWatcher
 
 log = logging.getLogger("tooti.gateway.http")
 
@@ -43,16 +43,6 @@ class _Gone(Exception):
     """The client's socket failed (reset, broken pipe)."""
 
 
-def _date() -> bytes:
-    now = int(time.time())
-    if now != _DATE[0]:
-        _DATE[0], _DATE[1] = now, formatdate(now, usegmt=True).encode()
-    return _DATE[1]
-
-
-_DATE: list[Any] = [0, b""]
-
-
 class Connection:
     """One client connection: its requests one after another, each given to the app.
 
@@ -71,10 +61,12 @@ class Connection:
         "_drop_body",
         "_gone",
         "_h11",
+        "_hangups",
         "_head",
         "_head_sent",
         "_keep_alive_s",
         "_method",
+        "_on_hangup",
         "_pipelined",
         "_response_done",
         "_server",
@@ -90,8 +82,10 @@ class Connection:
         server: tuple[str, int],
         app: App,
         keep_alive_s: float,
+        hangups: HangupWatcher | None = None,
     ) -> None:
         self._sock = sock
+        self._hangups = hangups
         self._client = client
         self._server = server
         self._app = app
@@ -113,6 +107,7 @@ class Connection:
         self._backlog: memoryview | None = None
         self._pipelined = 0
         self._disconnect_scope: trio.CancelScope | None = None
+        self._on_hangup: Callable[[], None] | None = None
 
     async def run(self) -> None:
         try:
@@ -129,6 +124,7 @@ class Connection:
         except (_Gone, OSError):
             pass
         finally:
+            self.on_hangup(None)
             trio.lowlevel.notify_closing(self._sock.fileno())
             self._sock.close()
 
@@ -176,16 +172,8 @@ class Connection:
         return None
 
     async def _refuse(self, exc: h11.RemoteProtocolError) -> None:
-        status = exc.error_status_hint if exc.error_status_hint in (400, 413, 431) else 400
-        reason = {400: b"Bad Request", 413: b"Payload Too Large", 431: b"Request Header Fields Too Large"}
-        body = error_json(status, f"malformed request: {exc}", code="invalid_request")
-        head = b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n" % (
-            status,
-            reason[status],
-            len(body),
-        )
         with trio.move_on_after(5):
-            await self._write(head + b"connection: close\r\ndate: " + _date() + b"\r\n\r\n" + body)
+            await self._write(_h1.refusal(exc))
 
     async def receive(self) -> dict[str, Any]:
         """ASGI receive: the body's pieces, then (once it is read) ``http.disconnect`` when the
@@ -232,9 +220,48 @@ class Connection:
         return {"type": "http.disconnect"}
 
     def _ended(self) -> None:
+        """The response is complete, or the client is gone: ``receive`` says disconnect."""
         scope = self._disconnect_scope
         if scope is not None:
             scope.cancel()
+        if self._on_hangup is not None:
+            callback = self.on_hangup(None)
+            if self._gone and not self._response_done and callback is not None:
+                callback()
+
+    def on_hangup(self, callback: Callable[[], None] | None) -> Callable[[], None] | None:
+        """Call ``callback`` once if the client goes away before the response is complete
+        (instead of a task waiting in ``receive``); None stops that. Returns the callback
+        replaced. Raises RuntimeError when it cannot be done (no watcher, or the body is
+        not read yet): the app must watch with ``receive`` then."""
+        previous, self._on_hangup = self._on_hangup, callback
+        if callback is None:
+            if previous is not None and self._hangups is not None:
+                self._hangups.unwatch(self._sock.fileno())
+            return previous
+        if self._hangups is None or not self._body_done:
+            self._on_hangup = previous
+            raise RuntimeError("hang-ups cannot be watched on this connection now")
+        if self._gone:
+            self._on_hangup = None
+            callback()
+            return previous
+        self._hangups.watch(self._sock.fileno(), self._readable)
+        return previous
+
+    def _readable(self) -> None:
+        """In the watcher's task: the client sent something or closed."""
+        data = self._recv_now()
+        if data is None:
+            return
+        if not data:
+            self._gone = True
+            self._ended()
+            return
+        self._pipelined += len(data)
+        self._h11.receive_data(data)  # the next request, kept for after this one
+        if self._pipelined > _MAX_PIPELINED and self._hangups is not None:
+            self._hangups.unwatch(self._sock.fileno())  # read no more; a write notices a hang-up
 
     # -- writing
 
@@ -336,7 +363,7 @@ class Connection:
     def _head_bytes(self) -> bytes:
         assert self._head is not None
         status, headers = self._head
-        headers.append((b"date", _date()))
+        headers.append((b"date", _h1.date()))
         self._head_sent = True
         data = self._h11.send(h11.Response(status_code=status, headers=headers))
         no_body = self._method == b"HEAD" or status in (204, 304) or status < 200
@@ -351,23 +378,7 @@ class Connection:
 
     async def _serve(self, request: h11.Request) -> None:
         self._method = request.method
-        target = request.target
-        path, _, query = target.partition(b"?")
-        scope = {
-            "type": "http",
-            "asgi": {"version": "3.0", "spec_version": "2.3"},
-            "http_version": request.http_version.decode(),
-            "method": request.method.decode("ascii"),
-            "scheme": "http",
-            "path": unquote_to_bytes(path).decode("utf-8", "replace"),
-            "raw_path": path,
-            "query_string": query,
-            "root_path": "",
-            "headers": list(request.headers),
-            "client": self._client,
-            "server": self._server,
-            "extensions": {"tooti.direct": self},
-        }
+        scope = _h1.scope(request, self._client, self._server, {"tooti.direct": self})
         try:
             await self._app(scope, self.receive, self.send)
         except Exception:

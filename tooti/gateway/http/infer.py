@@ -1,7 +1,8 @@
 """The inference routes as plain ASGI: body in, dispatch, relay out, bill.
 
 No framework per request or per chunk: the body is read once (bounded), parsed once as far as
-routing and checking need, and the node's bytes go to the client block by block.
+routing and checking need, and the node's bytes go to the client block by block - under tooti's
+own server straight from the tunnel's reader to the socket (``tooti.direct``).
 
 Time limits, all tooti's own (no framework timeout lies below them):
 ``timeouts.total_sec`` bounds the whole request from its arrival (queueing included);
@@ -9,9 +10,9 @@ Time limits, all tooti's own (no framework timeout lies below them):
 silence between two blocks. Before the first byte a limit is a 504; after it, the stream
 ends with an SSE error event and ``[DONE]``.
 
-The client hanging up is seen at once (``http.disconnect``) and cancels the request wherever
-it is: queued (it leaves the queue), waiting for a head, or streaming (the node's exchange is
-reset, which cancels the backend request). It is never counted against the node.
+The client hanging up is seen at once (``http.disconnect``, or the server's hang-up callback) and
+cancels the request wherever it is: queued, waiting for a head, or streaming (the node's
+exchange is reset, which cancels the backend request). It is never counted against the node.
 """
 
 from __future__ import annotations
@@ -81,12 +82,12 @@ class Inference:
         limits = self._limits
         declared = body_io.declared_length(ctx.headers)
         if declared is not None and declared > limits.max_body_bytes:
-            await out.error(send, _too_large(limits.max_body_bytes), ctx.response_headers, close=True)
+            await out.error(send, body_io.too_large(limits.max_body_bytes), ctx.response_headers, close=True)
             return
         try:
             raw = await body_io.read(receive, limits.max_body_bytes)
         except body_io.BodyTooLarge:
-            await out.error(send, _too_large(limits.max_body_bytes), ctx.response_headers, close=True)
+            await out.error(send, body_io.too_large(limits.max_body_bytes), ctx.response_headers, close=True)
             return
         except body_io.ClientGone:
             return
@@ -95,6 +96,15 @@ class Inference:
             return
         progress = _Progress()
         work = trio.CancelScope()
+        if ctx.direct is not None:
+            # tooti's server watches all sockets for hang-ups at once: no task per request.
+            ctx.direct.on_hangup(lambda: _hung_up(work, progress))
+            try:
+                with work:
+                    await self._serve(ctx, route, raw, send, progress)
+            finally:
+                ctx.direct.on_hangup(None)
+            return
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_watch_disconnect, receive, work, progress)
             try:
@@ -392,17 +402,17 @@ class Inference:
         )
 
 
+def _hung_up(work: trio.CancelScope, progress: _Progress) -> None:
+    if not progress.responded:
+        progress.gone = True
+        work.cancel()
+
+
 async def _watch_disconnect(receive: Any, work: trio.CancelScope, progress: _Progress) -> None:
     """After the body, the only message left is ``http.disconnect``: the client hung up (or,
     once the response is complete, the connection was closed normally)."""
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            if not progress.responded:
-                progress.gone = True
-                work.cancel()
+            _hung_up(work, progress)
             return
-
-
-def _too_large(limit: int) -> HTTPError:
-    return HTTPError(413, f"request body exceeds {limit} bytes", code="request_too_large")

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from ._hangups import HangupWatcher
 from .connection import App, Connection
 
 if TYPE_CHECKING:
@@ -60,8 +61,10 @@ async def serve(
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(_Lifespan(app).run)
+            hangups = HangupWatcher()
+            nursery.start_soon(hangups.run)
             for sock in listeners:
-                nursery.start_soon(_accept_loop, sock, app, keep_alive_s, nursery)
+                nursery.start_soon(_accept_loop, sock, app, keep_alive_s, hangups, nursery)
             task_status.started([_url(s) for s in listeners])
     finally:
         for sock in listeners:
@@ -96,7 +99,9 @@ def _url(sock: socket.socket) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
-async def _accept_loop(listener: socket.socket, app: App, keep_alive_s: float, nursery: trio.Nursery) -> None:
+async def _accept_loop(
+    listener: socket.socket, app: App, keep_alive_s: float, hangups: HangupWatcher, nursery: trio.Nursery
+) -> None:
     server = listener.getsockname()[:2]
     while True:
         try:
@@ -113,7 +118,7 @@ async def _accept_loop(listener: socket.socket, app: App, keep_alive_s: float, n
             continue  # ECONNABORTED and the like: that one client gave up
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # tokens leave at once
-        conn = Connection(sock, addr[:2], server, app, keep_alive_s)
+        conn = Connection(sock, addr[:2], server, app, keep_alive_s, hangups)
         nursery.start_soon(conn.run)
         await trio.lowlevel.checkpoint()  # a flood of new connections still lets others run
 
