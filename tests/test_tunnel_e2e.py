@@ -21,13 +21,15 @@ from tests._wait import until_async
 from tests.conftest import wait_for_models
 
 
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+# Both HTTP servers the gateway can run: tooti's own (the default, whose tunnel reader writes
+# tokens straight to client sockets) and Hypercorn (the fallback, every token through send()).
+@pytest.fixture(scope="module", params=["tooti", "hypercorn"])
+def lab(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
     tmp = tmp_path_factory.mktemp("tunnel")
     up, up_url = _procs.start_backend(
         "tests.standins.openai_upstream", tmp / "up.log", "--model", "fake", "--model", "other"
     )
-    gw = _procs.start_gateway(tmp, auth="open")
+    gw = _procs.start_gateway(tmp, auth="open", extra={"gateway": {"http_server": request.param}})
     backend = {"type": "openai", "base_url": up_url}
     # Node a serves "fake", node b serves "other": a request's model says which tunnel carries it.
     nodes = [
