@@ -131,6 +131,7 @@ def test_full_gateway(monkeypatch: pytest.MonkeyPatch) -> None:
     assert cfg.gateway.max_body_bytes == 1024
     assert cfg.gateway.auth == "open"
     assert cfg.gateway.id == "gw-eu-1"
+    assert cfg.gateway.http_server == "hypercorn"
     assert cfg.network.listen == ("/ip4/0.0.0.0/tcp/5001", "/ip4/0.0.0.0/udp/5001/quic-v1")
     assert cfg.network.bootstrap == (f"/ip4/192.0.2.1/tcp/4001/p2p/{PEER}",)
     assert cfg.database.url == "postgresql://tooti:pw@db:5432/tooti"
