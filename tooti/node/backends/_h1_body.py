@@ -22,6 +22,7 @@ MAX_LINE = 1024
 MAX_TRAILERS = 64 * 1024
 
 _SIZE = re.compile(rb"([0-9A-Fa-f]{1,16})(?:;[^\r\n]*)?")
+_HEX_DIGITS = b"0123456789abcdefABCDEF"
 # Decoder states of a chunked body.
 _LINE, _DATA, _CRLF, _TRAILER, _END = range(5)
 
@@ -49,6 +50,13 @@ class Chunked:
     def feed(self, raw: bytes) -> bytes:
         if self._held:
             raw, self._held = self._held + raw, b""
+        elif self._state == _LINE:
+            # The common case of a token stream: a read holds exactly one whole chunk.
+            end = raw.find(b"\r\n", 0, 18)
+            if end > 0 and not raw[:end].translate(None, _HEX_DIGITS):
+                stop = end + 2 + int(raw[:end], 16)
+                if len(raw) == stop + 2 and stop > end + 2 and raw[stop] == 13 and raw[stop + 1] == 10:
+                    return raw[end + 2 : stop]
         out: list[bytes] = []
         i, n = 0, len(raw)
         while i < n:

@@ -1,10 +1,11 @@
 """One TCP (or TLS) connection to a backend, read without per-read overhead.
 
-A plain connection is a non-blocking stdlib socket driven with ``trio.lowlevel``: ``recv`` is
-tried first and ``wait_readable`` awaited only when nothing is there, so a read costs a syscall
-and, when it waits, one trip through trio's I/O manager. A read that finds data at once is not
-a checkpoint; every 16th such read in a row checkpoints, so a backend that always has bytes
-ready cannot keep other tasks from running. TLS (an ``https://`` backend) goes through
+A plain connection is a non-blocking stdlib socket driven with ``trio.lowlevel``: after a
+short read (a token stream's case: the next token is not there yet) a read waits for
+``wait_readable`` and then ``recv``s; after a full one it tries ``recv`` first. So a token costs
+one trip through trio's I/O manager and one syscall. A read that finds data at once is not a
+checkpoint; every 16th such read in a row checkpoints, so a backend that always has bytes ready
+cannot keep other tasks from running. TLS (an ``https://`` backend) goes through
 ``trio.SSLStream``.
 
 The body's idle limit lives here (see ``_h1``): the connection holds the request's cancel scope
@@ -42,7 +43,7 @@ class Conn:
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self._fd = sock.fileno()
-        self._eager = 0
+        self._eager = -1  # reads that found data at once in a row; -1: wait before reading
         self._scope = trio.CancelScope()
         self._idle = math.inf
         self.idle_since = 0.0
@@ -61,23 +62,31 @@ class Conn:
 
     async def recv(self, *, dead_if_empty: bool = False) -> bytes:
         """Up to 64 KiB; ``b""`` at EOF (or :class:`Dead` when ``dead_if_empty``)."""
-        try:
-            data = self.sock.recv(_READ)
-        except BlockingIOError:
+        if self._eager < 0:
             data = await self._recv_wait()
-        except OSError as exc:
-            raise Dead(_strerror(exc)) from None
         else:
-            self._eager += 1
-            if self._eager >= _EAGER_MAX:
-                self._eager = 0
-                await trio.lowlevel.checkpoint()
+            try:
+                data = self.sock.recv(_READ)
+            except BlockingIOError:
+                data = await self._recv_wait()
+            except OSError as exc:
+                raise Dead(_strerror(exc)) from None
+            else:
+                self._eager += 1
+                if self._eager >= _EAGER_MAX:
+                    self._eager = 0
+                    await trio.lowlevel.checkpoint()
+        if len(data) < _READ:
+            # A short read took all there was: the next bytes are most likely not there yet, so
+            # wait first (a failed recv is a syscall and an exception per token of a stream).
+            self._eager = -1
+        elif self._eager < 0:
+            self._eager = 0
         if not data and dead_if_empty:
             raise Dead("the backend closed the connection")
         return data
 
     async def _recv_wait(self) -> bytes:
-        self._eager = 0
         self._push_deadline()
         sock, fd = self.sock, self._fd
         while True:
