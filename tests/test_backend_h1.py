@@ -8,12 +8,20 @@ ones a buggy backend may send. Each hostile answer must end its one request with
 
 from __future__ import annotations
 
+import datetime
+import ipaddress
 import json
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
 import httpx
 import pytest
 import trio
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from tooti.node.backends import openai as openai_backend
 from tooti.node.backends._h1 import H1Pool
@@ -298,6 +306,45 @@ async def test_idle_connections_expire(nursery: trio.Nursery) -> None:
     assert server.connections == 2
 
 
+async def test_idle_connections_kept_are_bounded(nursery: trio.Nursery) -> None:
+    both_in = trio.Event()
+
+    async def handler(server: _Server, stream: trio.SocketStream, reader: _Reader) -> None:
+        while await reader.request() is not None:
+            if server.connections == 2:
+                both_in.set()
+            await both_in.wait()  # two requests in flight at once, so two connections
+            await stream.send_all(_json_answer({}))
+        server.client_closed.set()
+
+    server = await _start(nursery, handler)
+    pool = H1Pool(
+        f"http://127.0.0.1:{server.port}", connect_timeout=5, head_timeout=5, idle_timeout=5, max_idle=1
+    )
+
+    async def one() -> None:
+        async with pool.request("POST", "/x", [("Host", "x")], b"{}") as response:
+            assert await response.read(1024) == b"{}"
+
+    async with trio.open_nursery() as both:
+        both.start_soon(one)
+        both.start_soon(one)
+    with trio.fail_after(10):
+        await server.client_closed.wait()  # one of the two was closed: only one is kept
+    await one()
+    assert server.connections == 2
+
+
+async def test_credentials_reach_the_backend(nursery: trio.Nursery, client: httpx.AsyncClient) -> None:
+    server = await _start(nursery, answering(_json_answer({})))
+    keyed = OpenAIBackend(f"http://127.0.0.1:{server.port}", client, api_key="sk-1")
+    await _consume(keyed, Request("chat", CHAT))
+    in_url = OpenAIBackend(f"http://u%40x:p@127.0.0.1:{server.port}", client, api_key="sk-1")
+    await _consume(in_url, Request("chat", CHAT))
+    assert b"\r\nAuthorization: Bearer sk-1\r\n" in server.requests[0]
+    assert b"\r\nAuthorization: Basic dUB4OnA=\r\n" in server.requests[1]  # base64("u@x:p")
+
+
 async def test_error_status_keeps_the_backend_message(
     nursery: trio.Nursery, client: httpx.AsyncClient
 ) -> None:
@@ -410,6 +457,20 @@ async def test_silent_backend_times_out(nursery: trio.Nursery) -> None:
                 await _consume(backend, Request("chat", STREAM))
 
 
+async def test_an_answer_not_taken_for_the_idle_limit_ends(nursery: trio.Nursery) -> None:
+    async def one_event(server: _Server, stream: trio.SocketStream, reader: _Reader) -> None:
+        await reader.request()
+        await stream.send_all(SSE_HEAD + b"%x\r\n%s\r\n" % (len(_event(0)), _event(0)))
+        await server.until_closed(reader)
+
+    server = await _start(nursery, one_event)
+    async with httpx.AsyncClient(timeout=httpx.Timeout(10.0, read=0.1)) as short:
+        with trio.fail_after(10), pytest.raises(BackendError, match="not taken"):
+            async with _backend(server, short).open(Request("chat", STREAM)) as reply:
+                async for _ in reply.blocks:
+                    await trio.sleep(5)  # a consumer stuck far past the idle limit
+
+
 async def test_unreachable_backend(client: httpx.AsyncClient) -> None:
     listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
     port = listeners[0].socket.getsockname()[1]
@@ -428,3 +489,54 @@ def test_chunk_size_line_bound_is_exact() -> None:
     assert held.feed(longest) == b"" and held.feed(b"\r\nhello") == b"hello"
     with pytest.raises(FramingError):
         Chunked().feed(longest + b"x")
+
+
+def _self_signed(tmp: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """A server context for 127.0.0.1 and a client context that trusts only its certificate."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = tmp / "cert.pem", tmp / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server.load_cert_chain(cert_file, key_file)
+    client = ssl.create_default_context(cafile=str(cert_file))
+    return server, client
+
+
+async def test_https_backend_stream_and_reuse(nursery: trio.Nursery, tmp_path: Path) -> None:
+    server_tls, client_tls = _self_signed(tmp_path)
+    handler = answering(SSE_HEAD + _chunked(EVENTS + DONE, 9))
+    server = _Server(handler)
+    listeners = await trio.open_ssl_over_tcp_listeners(0, server_tls, host="127.0.0.1", https_compatible=True)
+    server.port = listeners[0].transport_listener.socket.getsockname()[1]
+    nursery.start_soon(trio.serve_listeners, server._serve, listeners)
+    pool = H1Pool(
+        f"https://127.0.0.1:{server.port}", connect_timeout=5, head_timeout=5, idle_timeout=5, tls=client_tls
+    )
+    for _ in range(2):
+        async with pool.request("POST", "/v1/chat/completions", [("Host", "x")], b"{}") as response:
+            splitter, got = EventSplitter(), b""
+            while data := await response.receive():
+                got += splitter.feed(data)
+        assert got == EVENTS + DONE
+    assert server.connections == 1 and len(server.requests) == 2

@@ -13,7 +13,8 @@ Time limits, one deadline per phase of a request, all on one cancel scope per re
   to wait and less than ``idle_timeout`` is left), so it costs a clock read per waiting read and
   a deadline change every quarter ``idle_timeout`` at most. The request ends between 1 and 1.25
   ``idle_timeout`` after the last progress of its body; progress is counted at reads, so a
-  consumer that takes that long between two reads (a client not reading) ends it too.
+  consumer that takes that long between two reads (its client not reading) ends it too, with
+  an error that says so.
 
 Pool: idle connections are reused newest first, at most ``max_idle`` are kept, and one idle for
 ``keepalive`` seconds is closed (checked whenever the pool is used, and by :meth:`H1Pool.sweep`).
@@ -137,7 +138,10 @@ class Response:
 
 
 class H1Pool:
-    """Requests to one backend (``base_url``'s scheme, host and port) over pooled connections."""
+    """Requests to one backend (``base_url``'s scheme, host and port) over pooled connections.
+
+    ``tls`` is the context for an ``https://`` backend (default: httpx's, verifying with certifi).
+    """
 
     def __init__(
         self,
@@ -148,6 +152,7 @@ class H1Pool:
         idle_timeout: float,
         max_idle: int = MAX_IDLE,
         keepalive: float = KEEPALIVE,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         url = urlsplit(base_url)
         if url.scheme not in ("http", "https") or not url.hostname:
@@ -156,10 +161,12 @@ class H1Pool:
         self._port = url.port or (443 if url.scheme == "https" else 80)
         self._tls: ssl.SSLContext | None = None
         if url.scheme == "https":
-            import httpx  # the CA bundle and settings httpx uses (certifi), so nothing changes
+            if tls is None:
+                import httpx  # the CA bundle and settings httpx uses (certifi), so nothing changes
 
-            self._tls = httpx.create_ssl_context(trust_env=False)
-            self._tls.set_alpn_protocols(["http/1.1"])
+                tls = httpx.create_ssl_context(trust_env=False)
+                tls.set_alpn_protocols(["http/1.1"])
+            self._tls = tls
         host = f"[{self._host}]" if ":" in self._host else self._host
         default_port = url.port is None or url.port == (443 if self._tls else 80)
         self.host_header = host if default_port else f"{host}:{self._port}"
@@ -180,8 +187,9 @@ class H1Pool:
     async def request(
         self, method: str, target: str, headers: list[tuple[str, str]], body: bytes
     ) -> AsyncIterator[Response]:
-        """Send a request and hand back its response once the head arrived. The body limits
-        apply while the caller reads it; leaving the context closes or pools the connection."""
+        """Send a request and hand back its response once the head arrived. ``headers`` has
+        ``Host`` and not ``Content-Length`` (set here from ``body``). The body's idle limit
+        applies while the caller reads it; leaving the context closes or pools the connection."""
         scope = trio.CancelScope()
         phase = "connecting"
         conn: Conn | None = None
@@ -218,6 +226,8 @@ class H1Pool:
                 else:
                     conn.close()
         if scope.cancelled_caught:
+            if phase == "reading the answer" and conn is not None and not conn.waiting:
+                raise H1Timeout(f"the answer was not taken for {self._idle_timeout:g} s")
             raise H1Timeout(f"timed out {phase}")
 
     async def _connect(self) -> Conn:
@@ -231,6 +241,8 @@ class H1Pool:
     ) -> Response:
         h = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD)  # h11's default: 16 KiB
         try:
+            if body:
+                headers = [*headers, ("Content-Length", str(len(body)))]
             raw = h.send(h11.Request(method=method, target=target, headers=headers)) or b""
             if body:
                 raw += h.send(h11.Data(data=body)) or b""

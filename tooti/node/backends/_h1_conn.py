@@ -38,7 +38,7 @@ class Dead(H1Error):
 class Conn:
     """A plain TCP connection."""
 
-    __slots__ = ("_eager", "_fd", "_idle", "_scope", "idle_since", "sock")
+    __slots__ = ("_eager", "_fd", "_idle", "_scope", "idle_since", "sock", "waiting")
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
@@ -47,6 +47,7 @@ class Conn:
         self._scope = trio.CancelScope()
         self._idle = math.inf
         self.idle_since = 0.0
+        self.waiting = False  # in a wait for the backend (so a deadline now is the backend's fault)
 
     def bind(self, scope: trio.CancelScope, idle: float) -> None:
         """Reads from now on belong to ``scope``; with a finite ``idle``, keep its deadline at
@@ -90,7 +91,9 @@ class Conn:
         self._push_deadline()
         sock, fd = self.sock, self._fd
         while True:
+            self.waiting = True
             await trio.lowlevel.wait_readable(fd)
+            self.waiting = False
             try:
                 data = sock.recv(_READ)
             except BlockingIOError:
@@ -141,7 +144,9 @@ class _TLSConn(Conn):
     async def recv(self, *, dead_if_empty: bool = False) -> bytes:
         self._push_deadline()
         try:
+            self.waiting = True
             data = await self._stream.receive_some(_READ)
+            self.waiting = False
         except (trio.BrokenResourceError, ssl.SSLError) as exc:
             raise Dead(f"TLS connection broke: {exc}") from None
         self._push_deadline()

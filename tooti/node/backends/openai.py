@@ -87,6 +87,7 @@ class OpenAIBackend(Backend):
         return [m["id"] for m in data if isinstance(m, dict) and isinstance(m.get("id"), str)]
 
     async def healthy(self) -> bool:
+        self._pool.sweep()
         try:
             r = await self._client.get(self._base + "/v1/models", headers=self._headers, timeout=2.0)
             return r.status_code == 200
@@ -100,7 +101,7 @@ class OpenAIBackend(Backend):
             return
         path = request.path if request.route == "passthrough" else _PATHS[request.route]
         content = json.dumps(request.body, separators=(",", ":")).encode()
-        headers = [*self._fixed, ("Content-Length", str(len(content))), *_trace.headers().items()]
+        headers = [*self._fixed, *_trace.headers().items()]
         method = request.method if request.route == "passthrough" else "POST"
         doing = "unreachable"
         try:
