@@ -260,25 +260,32 @@ async def test_no_reuse_after_a_cancelled_request(nursery: trio.Nursery, client:
     assert server.connections == 2
 
 
-async def test_stale_keep_alive_connection_is_retried_once(
+async def test_stale_keep_alive_connection_is_retried_once_on_a_fresh_one(
     nursery: trio.Nursery, client: httpx.AsyncClient
 ) -> None:
     ok = _json_answer({"choices": []})
+    both_in = trio.Event()
 
     async def handler(server: _Server, stream: trio.SocketStream, reader: _Reader) -> None:
-        server.requests.append(await reader.request() or b"")
-        await stream.send_all(ok)
-        if server.connections == 1:
-            await reader.request()  # the second request arrives on the kept connection: drop it
+        index = server.connections
+        if index <= 2:  # the two kept ones: answer once, then drop the next request unanswered
+            server.requests.append(await reader.request() or b"")
+            if index == 2:
+                both_in.set()
+            await both_in.wait()
+            await stream.send_all(ok)
+            await reader.request()
             return
         while await reader.request():
             await stream.send_all(ok)
 
     server = await _start(nursery, handler)
     backend = _backend(server, client)
-    await _consume(backend, Request("chat", CHAT))
-    reply, _ = await _consume(backend, Request("chat", CHAT))
-    assert reply.status == 200 and server.connections == 2
+    async with trio.open_nursery() as both:  # two connections in the pool
+        both.start_soon(_consume, backend, Request("chat", CHAT))
+        both.start_soon(_consume, backend, Request("chat", CHAT))
+    reply, _ = await _consume(backend, Request("chat", CHAT))  # kept one: dead; retry: a new one
+    assert reply.status == 200 and server.connections == 3
 
 
 async def test_http_1_0_close_delimited_body_is_read_and_not_reused(

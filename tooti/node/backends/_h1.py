@@ -197,7 +197,7 @@ class H1Pool:
         try:
             with scope:
                 for attempt in (1, 2):
-                    conn = self._checkout()
+                    conn = self._checkout() if attempt == 1 else None  # the retry: a fresh one
                     reused = conn is not None
                     if conn is None:
                         phase = "connecting"
