@@ -1,28 +1,22 @@
 """The node's HTTP/1.1 client for OpenAI-compatible backends (``_h1``), against a scripted server.
 
-The server here is a few lines of trio: it reads each request and answers with exactly the bytes
-a test gives it, so the client meets well-formed answers cut at awkward places and the hostile
+The server (``tests._scripted``) is a few lines of trio: it reads each request and answers with
+exactly the bytes a test gives it, so the client meets well-formed answers cut at awkward places and the hostile
 ones a buggy backend may send. Each hostile answer must end its one request with BackendError
 (a 502 at the gateway), promptly and without buffering without bound.
 """
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import json
-import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import pytest
 import trio
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
+from tests._scripted import Reader, Server, answering, chunked, json_answer, self_signed, start
 from tooti.node.backends import openai as openai_backend
 from tooti.node.backends._h1 import H1Pool
 from tooti.node.backends._h1_body import MAX_LINE, Chunked, FramingError
@@ -42,119 +36,10 @@ def _event(i: int) -> bytes:
 EVENTS = b"".join(_event(i) for i in range(12))
 USAGE = b'data: {"choices":[],"usage":{"prompt_tokens":2,"completion_tokens":12,"total_tokens":14}}\n\n'
 DONE = b"data: [DONE]\n\n"
-
-
-def _chunked(body: bytes, size: int) -> bytes:
-    """``body`` in chunks of ``size`` bytes (so chunk boundaries fall inside events)."""
-    out = [b"%x\r\n%s\r\n" % (len(body[i : i + size]), body[i : i + size]) for i in range(0, len(body), size)]
-    return b"".join(out) + b"0\r\n\r\n"
-
-
 SSE_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
 
 
-def _json_answer(doc: dict[str, object], status: int = 200, extra: bytes = b"") -> bytes:
-    body = json.dumps(doc).encode()
-    return b"HTTP/1.1 %d X\r\nContent-Type: application/json\r\nContent-Length: %d\r\n%s\r\n%s" % (
-        status,
-        len(body),
-        extra,
-        body,
-    )
-
-
-class _Reader:
-    """Reads the requests of one connection (head, then a Content-Length body)."""
-
-    def __init__(self, stream: trio.SocketStream) -> None:
-        self._stream, self._buf = stream, b""
-
-    async def request(self) -> bytes | None:
-        """The next request, or None once the client closed the connection."""
-        while b"\r\n\r\n" not in self._buf:
-            if not await self._more():
-                return None
-        head, self._buf = self._buf.split(b"\r\n\r\n", 1)
-        length = 0
-        for line in head.split(b"\r\n")[1:]:
-            name, _, value = line.partition(b":")
-            if name.strip().lower() == b"content-length":
-                length = int(value)
-        while len(self._buf) < length:
-            if not await self._more():
-                return None
-        body, self._buf = self._buf[:length], self._buf[length:]
-        return head + b"\r\n\r\n" + body
-
-    async def _more(self) -> bool:
-        try:
-            data = await self._stream.receive_some(65536)
-        except trio.BrokenResourceError:
-            return False
-        self._buf += data
-        return bool(data)
-
-
-Handler = Callable[["_Server", trio.SocketStream, _Reader], Awaitable[None]]
-
-
-class _Server:
-    """A TCP server on 127.0.0.1 that runs ``handler`` on each connection."""
-
-    def __init__(self, handler: Handler) -> None:
-        self.handler = handler
-        self.port = 0
-        self.connections = 0
-        self.requests: list[bytes] = []
-        self.closed_by_client = 0
-        self.client_closed = trio.Event()
-
-    async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-        self.port = listeners[0].socket.getsockname()[1]
-        task_status.started()
-        await trio.serve_listeners(self._serve, listeners)
-
-    async def _serve(self, stream: trio.SocketStream) -> None:
-        self.connections += 1
-        try:
-            await self.handler(self, stream, _Reader(stream))
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
-        finally:
-            await stream.aclose()
-
-    async def until_closed(self, reader: _Reader) -> None:
-        """Wait for the client to close the connection (requests meanwhile are an error)."""
-        assert await reader.request() is None
-        self.closed_by_client += 1
-        self.client_closed.set()
-
-
-def answering(*pieces: bytes, then_close: bool = False) -> Handler:
-    """Answer every request on a connection with ``pieces``, each its own send."""
-
-    async def handler(server: _Server, stream: trio.SocketStream, reader: _Reader) -> None:
-        while (req := await reader.request()) is not None:
-            server.requests.append(req)
-            for piece in pieces:
-                await stream.send_all(piece)
-                await trio.lowlevel.checkpoint()
-            if then_close:
-                return
-        server.closed_by_client += 1
-        server.client_closed.set()
-
-    return handler
-
-
-async def _start(nursery: trio.Nursery, handler: Handler) -> _Server:
-    server = _Server(handler)
-    await nursery.start(server.run)
-    return server
-
-
-def _backend(server: _Server, client: httpx.AsyncClient) -> OpenAIBackend:
+def _backend(server: Server, client: httpx.AsyncClient) -> OpenAIBackend:
     return OpenAIBackend(f"http://127.0.0.1:{server.port}/v1", client)
 
 
@@ -174,7 +59,7 @@ async def _consume(backend: OpenAIBackend, request: Request) -> tuple[Reply, byt
 
 
 def test_chunked_decoder_at_every_split_point() -> None:
-    raw = _chunked(EVENTS, 7) + b""
+    raw = chunked(EVENTS, 7) + b""
     for cut in range(len(raw) + 1):
         decoder = Chunked()
         got = decoder.feed(raw[:cut]) + decoder.feed(raw[cut:])
@@ -199,14 +84,14 @@ def test_event_splitter_at_every_split_point_lf_and_crlf() -> None:
 async def test_sse_stream_cut_at_awkward_byte_boundaries(
     nursery: trio.Nursery, client: httpx.AsyncClient
 ) -> None:
-    raw = SSE_HEAD + _chunked(EVENTS.replace(b"\n", b"\r\n") + USAGE + DONE, 5)
+    raw = SSE_HEAD + chunked(EVENTS.replace(b"\n", b"\r\n") + USAGE + DONE, 5)
     sizes = [1, 2, 3, 5, 8, 13]
     pieces, at, k = [], 0, 0
     while at < len(raw):
         pieces.append(raw[at : at + sizes[k % len(sizes)]])
         at += sizes[k % len(sizes)]
         k += 1
-    server = await _start(nursery, answering(*pieces))
+    server = await start(nursery, answering(*pieces))
     reply, body = await _consume(_backend(server, client), Request("chat", STREAM))
     assert reply.status == 200 and reply.content_type == "text/event-stream"
     assert body == EVENTS  # CRLF made LF; the usage-only chunk and [DONE] dropped
@@ -222,7 +107,7 @@ async def test_content_length_json_and_keep_alive_reuse(
         "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}}],
         "usage": {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3},
     }
-    server = await _start(nursery, answering(_json_answer(doc)))
+    server = await start(nursery, answering(json_answer(doc)))
     backend = _backend(server, client)
     for _ in range(2):
         reply, body = await _consume(backend, Request("chat", CHAT))
@@ -237,12 +122,12 @@ async def test_content_length_json_and_keep_alive_reuse(
 
 
 async def test_no_reuse_after_a_cancelled_request(nursery: trio.Nursery, client: httpx.AsyncClient) -> None:
-    async def handler(server: _Server, stream: trio.SocketStream, reader: _Reader) -> None:
+    async def handler(server: Server, stream: trio.abc.Stream, reader: Reader) -> None:
         server.requests.append(await reader.request() or b"")
-        await stream.send_all(SSE_HEAD + _chunked(_event(0), 64))
+        await stream.send_all(SSE_HEAD + chunked(_event(0), 64))
         await server.until_closed(reader)  # the rest of the stream never comes
 
-    server = await _start(nursery, handler)
+    server = await start(nursery, handler)
     backend = _backend(server, client)
     with trio.CancelScope() as cancelled:
         async with backend.open(Request("chat", STREAM)) as reply:
@@ -263,10 +148,10 @@ async def test_no_reuse_after_a_cancelled_request(nursery: trio.Nursery, client:
 async def test_stale_keep_alive_connection_is_retried_once_on_a_fresh_one(
     nursery: trio.Nursery, client: httpx.AsyncClient
 ) -> None:
-    ok = _json_answer({"choices": []})
+    ok = json_answer({"choices": []})
     both_in = trio.Event()
 
-    async def handler(server: _Server, stream: trio.SocketStream, reader: _Reader) -> None:
+    async def handler(server: Server, stream: trio.abc.Stream, reader: Reader) -> None:
         index = server.connections
         if index <= 2:  # the two kept ones: answer once, then drop the next request unanswered
             server.requests.append(await reader.request() or b"")
@@ -279,7 +164,7 @@ async def test_stale_keep_alive_connection_is_retried_once_on_a_fresh_one(
         while await reader.request():
             await stream.send_all(ok)
 
-    server = await _start(nursery, handler)
+    server = await start(nursery, handler)
     backend = _backend(server, client)
     async with trio.open_nursery() as both:  # two connections in the pool
         both.start_soon(_consume, backend, Request("chat", CHAT))
@@ -292,7 +177,7 @@ async def test_http_1_0_close_delimited_body_is_read_and_not_reused(
     nursery: trio.Nursery, client: httpx.AsyncClient
 ) -> None:
     answer = b'HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n{"choices":[]}'
-    server = await _start(nursery, answering(answer, then_close=True))
+    server = await start(nursery, answering(answer, then_close=True))
     backend = _backend(server, client)
     for _ in range(2):
         _, body = await _consume(backend, Request("chat", CHAT))
@@ -301,7 +186,7 @@ async def test_http_1_0_close_delimited_body_is_read_and_not_reused(
 
 
 async def test_idle_connections_expire(nursery: trio.Nursery) -> None:
-    server = await _start(nursery, answering(_json_answer({})))
+    server = await start(nursery, answering(json_answer({})))
     pool = H1Pool(
         f"http://127.0.0.1:{server.port}", connect_timeout=5, head_timeout=5, idle_timeout=5, keepalive=0
     )
@@ -316,15 +201,15 @@ async def test_idle_connections_expire(nursery: trio.Nursery) -> None:
 async def test_idle_connections_kept_are_bounded(nursery: trio.Nursery) -> None:
     both_in = trio.Event()
 
-    async def handler(server: _Server, stream: trio.SocketStream, reader: _Reader) -> None:
+    async def handler(server: Server, stream: trio.abc.Stream, reader: Reader) -> None:
         while await reader.request() is not None:
             if server.connections == 2:
                 both_in.set()
             await both_in.wait()  # two requests in flight at once, so two connections
-            await stream.send_all(_json_answer({}))
+            await stream.send_all(json_answer({}))
         server.client_closed.set()
 
-    server = await _start(nursery, handler)
+    server = await start(nursery, handler)
     pool = H1Pool(
         f"http://127.0.0.1:{server.port}", connect_timeout=5, head_timeout=5, idle_timeout=5, max_idle=1
     )
@@ -343,7 +228,7 @@ async def test_idle_connections_kept_are_bounded(nursery: trio.Nursery) -> None:
 
 
 async def test_credentials_reach_the_backend(nursery: trio.Nursery, client: httpx.AsyncClient) -> None:
-    server = await _start(nursery, answering(_json_answer({})))
+    server = await start(nursery, answering(json_answer({})))
     keyed = OpenAIBackend(f"http://127.0.0.1:{server.port}", client, api_key="sk-1")
     await _consume(keyed, Request("chat", CHAT))
     in_url = OpenAIBackend(f"http://u%40x:p@127.0.0.1:{server.port}", client, api_key="sk-1")
@@ -358,7 +243,7 @@ async def test_error_status_keeps_the_backend_message(
     err = {
         "error": {"message": "too long", "type": "invalid_request_error", "code": 400, "param": "messages"}
     }
-    server = await _start(nursery, answering(_json_answer(err, status=400)))
+    server = await start(nursery, answering(json_answer(err, status=400)))
     reply, body = await _consume(_backend(server, client), Request("chat", STREAM))
     got = json.loads(body)["error"]
     assert reply.status == 400 and got["message"] == "too long" and got["param"] == "messages"
@@ -369,7 +254,7 @@ async def test_passthrough_bytes_and_cap(
     nursery: trio.Nursery, client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     answer = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\r\nhello"
-    server = await _start(nursery, answering(answer))
+    server = await start(nursery, answering(answer))
     backend = _backend(server, client)
     reply, body = await _consume(backend, Request("passthrough", {}, method="GET", path="/v1/x?y=1"))
     assert (reply.content_type, body) == ("text/plain", b"hello")
@@ -396,8 +281,8 @@ _HOSTILE: dict[str, tuple[list[bytes], str]] = {
     "LF-only chunk line": ([SSE_HEAD, b"5\nhello\n0\n\n"], "ended inside a chunked body"),
     "chunk without CRLF after it": ([SSE_HEAD, b"5\r\nhelloXX0\r\n\r\n"], "not followed by CRLF"),
     "stops mid-chunk": ([SSE_HEAD, b"100\r\n" + _event(0)], "ended inside a chunked body"),
-    "stops inside an event": ([SSE_HEAD, _chunked(b"data: {", 64)], "e"),  # stream: event; else JSON
-    "bytes after the last chunk": ([SSE_HEAD, _chunked(_event(0), 64) + b"junk"], "after the end"),
+    "stops inside an event": ([SSE_HEAD, chunked(b"data: {", 64)], "e"),  # stream: event; else JSON
+    "bytes after the last chunk": ([SSE_HEAD, chunked(_event(0), 64) + b"junk"], "after the end"),
     "body longer than Content-Length": (
         [b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}{}"],
         "longer than its Content-Length",
@@ -419,7 +304,7 @@ async def test_hostile_backend_ends_the_request_with_backend_error(
     nursery: trio.Nursery, client: httpx.AsyncClient, case: str, stream: bool
 ) -> None:
     pieces, why = _HOSTILE[case]
-    server = await _start(nursery, answering(*pieces, then_close=True))
+    server = await start(nursery, answering(*pieces, then_close=True))
     with trio.fail_after(10), pytest.raises(BackendError, match=why) as err:  # no hang
         await _consume(_backend(server, client), Request("chat", STREAM if stream else CHAT))
     assert err.value.status == 502
@@ -430,7 +315,7 @@ async def test_an_event_that_never_ends_is_bounded(
 ) -> None:
     monkeypatch.setattr(openai_backend, "_EVENT_MAX", 4096)
     endless = [SSE_HEAD] + [b"400\r\n" + b"a" * 1024 + b"\r\n"] * 16
-    server = await _start(nursery, answering(*endless))
+    server = await start(nursery, answering(*endless))
     with trio.fail_after(10), pytest.raises(BackendError) as err:
         await _consume(_backend(server, client), Request("chat", STREAM))
     assert err.value.code == "response_too_large"
@@ -441,22 +326,22 @@ async def test_a_document_over_its_bound_is_refused(
 ) -> None:
     monkeypatch.setattr(openai_backend, "_DOCUMENT_MAX", 1024)
     declared = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 4096\r\n\r\n"
-    chunked = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
-    for answer in ([declared], [chunked, _chunked(b" " * 4096, 512)]):
-        server = await _start(nursery, answering(*answer))
+    chunked_head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+    for answer in ([declared], [chunked_head, chunked(b" " * 4096, 512)]):
+        server = await start(nursery, answering(*answer))
         with trio.fail_after(10), pytest.raises(BackendError) as err:
             await _consume(_backend(server, client), Request("chat", CHAT))
         assert err.value.code == "response_too_large"
 
 
 async def test_silent_backend_times_out(nursery: trio.Nursery) -> None:
-    async def silent_after(server: _Server, stream: trio.SocketStream, reader: _Reader) -> None:
+    async def silent_after(server: Server, stream: trio.abc.Stream, reader: Reader) -> None:
         await reader.request()
         if server.connections == 2:
             await stream.send_all(SSE_HEAD + b"%x\r\n%s\r\n" % (len(_event(0)), _event(0)))
         await server.until_closed(reader)
 
-    server = await _start(nursery, silent_after)
+    server = await start(nursery, silent_after)
     async with httpx.AsyncClient(timeout=httpx.Timeout(10.0, read=0.2)) as short:
         backend = _backend(server, short)
         for _ in range(2):  # no head at all; then a head and one event, then silence
@@ -465,12 +350,12 @@ async def test_silent_backend_times_out(nursery: trio.Nursery) -> None:
 
 
 async def test_an_answer_not_taken_for_the_idle_limit_ends(nursery: trio.Nursery) -> None:
-    async def one_event(server: _Server, stream: trio.SocketStream, reader: _Reader) -> None:
+    async def one_event(server: Server, stream: trio.abc.Stream, reader: Reader) -> None:
         await reader.request()
         await stream.send_all(SSE_HEAD + b"%x\r\n%s\r\n" % (len(_event(0)), _event(0)))
         await server.until_closed(reader)
 
-    server = await _start(nursery, one_event)
+    server = await start(nursery, one_event)
     async with httpx.AsyncClient(timeout=httpx.Timeout(10.0, read=0.1)) as short:
         with trio.fail_after(10), pytest.raises(BackendError, match="not taken"):
             async with _backend(server, short).open(Request("chat", STREAM)) as reply:
@@ -498,45 +383,13 @@ def test_chunk_size_line_bound_is_exact() -> None:
         Chunked().feed(longest + b"x")
 
 
-def _self_signed(tmp: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
-    """A server context for 127.0.0.1 and a client context that trusts only its certificate."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_file, key_file = tmp / "cert.pem", tmp / "key.pem"
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    server.load_cert_chain(cert_file, key_file)
-    client = ssl.create_default_context(cafile=str(cert_file))
-    return server, client
-
-
 async def test_https_backend_stream_and_reuse(nursery: trio.Nursery, tmp_path: Path) -> None:
-    server_tls, client_tls = _self_signed(tmp_path)
-    handler = answering(SSE_HEAD + _chunked(EVENTS + DONE, 9))
-    server = _Server(handler)
+    server_tls, client_tls = self_signed(tmp_path)
+    handler = answering(SSE_HEAD + chunked(EVENTS + DONE, 9))
+    server = Server(handler)
     listeners = await trio.open_ssl_over_tcp_listeners(0, server_tls, host="127.0.0.1", https_compatible=True)
     server.port = listeners[0].transport_listener.socket.getsockname()[1]
-    nursery.start_soon(trio.serve_listeners, server._serve, listeners)
+    nursery.start_soon(trio.serve_listeners, server.serve, listeners)
     pool = H1Pool(
         f"https://127.0.0.1:{server.port}", connect_timeout=5, head_timeout=5, idle_timeout=5, tls=client_tls
     )
