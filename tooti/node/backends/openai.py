@@ -9,6 +9,7 @@ recorded and dropped from the stream.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -18,7 +19,8 @@ import httpx
 from tooti import _trace
 from tooti.openai_shapes import error_json
 
-from ._sse import DONE, EventSplitter, inspect_event, usage_from
+from ._h1 import H1Error, H1Pool, H1TooLarge, Response
+from ._sse import DONE, EventSplitter, relay_block, usage_from
 from .base import Backend, BackendError, Reply, Request, single, unsupported
 
 _PATHS = {
@@ -29,10 +31,22 @@ _PATHS = {
 }
 # Answers of passthrough routes are relayed as the backend sent them, up to this size.
 _PASSTHROUGH_MAX = 32 * 1024 * 1024
+# Bounds on what the node holds of one answer: a JSON document (twice the gateway's default
+# max_response_bytes, so a gateway allowed more still gets big embedding answers), one SSE event
+# (a Responses API ``response.completed`` event repeats the whole answer), an error body (only
+# its message is kept).
+_DOCUMENT_MAX = 64 * 1024 * 1024
+_EVENT_MAX = 32 * 1024 * 1024
+_ERROR_MAX = 1024 * 1024
 
 
 class OpenAIBackend(Backend):
-    """Relays every route: the OpenAI-compatible server answers (or refuses) it itself."""
+    """Relays every route: the OpenAI-compatible server answers (or refuses) it itself.
+
+    Requests go over tooti's lean HTTP/1.1 client (``_h1``), with the time limits of
+    ``client.timeout`` (connect, and read: for the answer's head and for any silence of its
+    body); ``list_models`` and ``healthy`` use ``client`` itself.
+    """
 
     kind = "openai"
     routes = frozenset({"chat", "completions", "embeddings", "responses", "passthrough"})
@@ -43,8 +57,27 @@ class OpenAIBackend(Backend):
         self._base = base[:-3] if base.endswith("/v1") else base
         self._client = client
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        timeout = client.timeout
+        self._pool = H1Pool(
+            self._base,
+            connect_timeout=_limit(timeout.connect),
+            head_timeout=_limit(timeout.read),
+            idle_timeout=_limit(timeout.read),
+        )
+        # What httpx sent (less its compression and keep-alive defaults): credentials in the URL
+        # win over the API key, as with httpx's auth from the URL.
+        auth = self._pool.basic_auth or self._headers.get("Authorization")
+        self._fixed = [
+            ("Host", self._pool.host_header),
+            ("Accept", "*/*"),
+            ("Accept-Encoding", "identity"),  # the body is relayed and parsed as it comes
+            ("User-Agent", "tooti-node"),
+            ("Content-Type", "application/json"),
+            *((("Authorization", auth),) if auth else ()),
+        ]
 
     async def list_models(self) -> list[str]:
+        self._pool.sweep()  # also called periodically: idle connections past their keep-alive go
         try:
             r = await self._client.get(self._base + "/v1/models", headers=self._headers)
             r.raise_for_status()
@@ -54,6 +87,7 @@ class OpenAIBackend(Backend):
         return [m["id"] for m in data if isinstance(m, dict) and isinstance(m.get("id"), str)]
 
     async def healthy(self) -> bool:
+        self._pool.sweep()
         try:
             r = await self._client.get(self._base + "/v1/models", headers=self._headers, timeout=2.0)
             return r.status_code == 200
@@ -66,41 +100,52 @@ class OpenAIBackend(Backend):
             yield unsupported(request, self.kind)
             return
         path = request.path if request.route == "passthrough" else _PATHS[request.route]
-        url = self._base + path
         content = json.dumps(request.body, separators=(",", ":")).encode()
-        headers = {**self._headers, "Content-Type": "application/json", **_trace.headers()}
+        headers = [*self._fixed, *_trace.headers().items()]
         method = request.method if request.route == "passthrough" else "POST"
+        doing = "unreachable"
         try:
-            response = await self._client.send(
-                self._client.build_request(method, url, content=content, headers=headers), stream=True
-            )
-        except httpx.HTTPError as exc:
-            raise BackendError(f"backend unreachable: {type(exc).__name__}") from None
-        try:
-            if response.status_code != 200:
-                yield await _error_reply(response)
-            elif request.route == "passthrough" and not request.stream:
-                yield await _raw_reply(response)
-            elif request.stream and response.headers.get("content-type", "").startswith("text/event-stream"):
-                reply = Reply(200, "text/event-stream", single(b""))
-                # The generator records usage on the reply it belongs to as it sees it.
-                reply.blocks = _stream_blocks(response, request, reply)
+            async with self._pool.request(
+                method, self._pool.path_prefix + path, headers, content
+            ) as response:
+                doing = "failed"
+                content_type = response.header(b"content-type") or ""
+                if response.status != 200:
+                    reply = await _error_reply(response)
+                elif request.route == "passthrough" and not request.stream:
+                    reply = Reply(
+                        200, content_type or "application/json", single(await response.read(_PASSTHROUGH_MAX))
+                    )
+                elif request.stream and content_type.startswith("text/event-stream"):
+                    reply = Reply(200, "text/event-stream", single(b""))
+                    # The generator records usage on the reply it belongs to as it sees it.
+                    reply.blocks = _stream_blocks(response, request, reply)
+                    doing = "stream broke"
+                else:
+                    reply = await _whole_reply(response, request.route)
                 yield reply
-            else:
-                yield await _whole_reply(response, request.route)
-        finally:
-            await response.aclose()
+        except H1TooLarge:
+            raise BackendError("backend answer too large", status=502, code="response_too_large") from None
+        except H1Error as exc:
+            raise BackendError(f"backend {doing}: {exc}") from None
+
+    async def aclose(self) -> None:
+        self._pool.close()
 
 
-async def _error_reply(response: httpx.Response) -> Reply:
+def _limit(seconds: float | None) -> float:
+    return math.inf if seconds is None else seconds
+
+
+async def _error_reply(response: Response) -> Reply:
     try:
-        raw = await response.aread()
-    except httpx.HTTPError as exc:
-        raise BackendError(f"backend failed: {type(exc).__name__}") from None
+        raw = await response.read(_ERROR_MAX)
+    except H1TooLarge:
+        raw = b""  # the status says enough
     # Backends disagree on error shapes (llama.cpp sends an integer code, some send text);
     # clients get OpenAI's shape with the backend's message, type, param and code kept when
     # they are strings (an integer code such as llama.cpp's only repeats the status).
-    message, type_ = f"backend returned HTTP {response.status_code}", None
+    message, type_ = f"backend returned HTTP {response.status}", None
     param = code = None
     try:
         doc = json.loads(raw)
@@ -115,34 +160,16 @@ async def _error_reply(response: httpx.Response) -> Reply:
         elif isinstance(doc, dict) and isinstance(doc.get("detail"), str):
             message = doc["detail"]
     except (ValueError, UnicodeDecodeError):
-        message = f"{message}: {raw.decode(errors='replace')[:300]}"
-    status = response.status_code
+        if raw:
+            message = f"{message}: {raw.decode(errors='replace')[:300]}"
+    status = response.status
     return Reply(
         status, "application/json", single(error_json(status, message, code=code, param=param, type_=type_))
     )
 
 
-async def _raw_reply(response: httpx.Response) -> Reply:
-    """A passthrough route's answer, bytes and content type as the backend sent them."""
-    parts: list[bytes] = []
-    size = 0
-    try:
-        async for chunk in response.aiter_raw():
-            size += len(chunk)
-            if size > _PASSTHROUGH_MAX:
-                raise BackendError("backend answer too large", status=502, code="response_too_large")
-            parts.append(chunk)
-    except httpx.HTTPError as exc:
-        raise BackendError(f"backend failed: {type(exc).__name__}") from None
-    content_type = response.headers.get("content-type", "application/json")
-    return Reply(200, content_type, single(b"".join(parts)))
-
-
-async def _whole_reply(response: httpx.Response, route: str) -> Reply:
-    try:
-        raw = await response.aread()
-    except httpx.HTTPError as exc:
-        raise BackendError(f"backend failed: {type(exc).__name__}") from None
+async def _whole_reply(response: Response, route: str) -> Reply:
+    raw = await response.read(_DOCUMENT_MAX)
     try:
         obj = json.loads(raw)
     except ValueError:
@@ -170,24 +197,23 @@ def _complete_chat(obj: dict[str, Any]) -> bool:
     return changed
 
 
-async def _stream_blocks(response: httpx.Response, request: Request, reply: Reply) -> AsyncIterator[bytes]:
-    """Yield complete SSE events, coalescing everything one read delivered into one block."""
+async def _stream_blocks(response: Response, request: Request, reply: Reply) -> AsyncIterator[bytes]:
+    """Yield complete SSE events: one block per read that completed any (see ``relay_block``)."""
     splitter = EventSplitter()
+    feed, receive, client_usage = splitter.feed, response.receive, request.client_usage
     try:
-        async for chunk in response.aiter_bytes():
-            out: list[bytes] = []
-            for event in splitter.feed(chunk):
-                if event.startswith(DONE):
-                    continue
-                usage, usage_only = inspect_event(event)
+        while chunk := await receive():
+            block = feed(chunk)
+            if splitter.pending_size > _EVENT_MAX:
+                raise BackendError("backend sent an SSE event too large", code="response_too_large")
+            if block:
+                block, usage = relay_block(block, client_usage)
                 if usage is not None:
                     reply.usage = usage
-                if usage_only and not request.client_usage:
-                    continue
-                out.append(event + b"\n\n")
-            if out:
-                yield b"".join(out)
-    except httpx.HTTPError as exc:
-        raise BackendError(f"backend stream broke: {type(exc).__name__}") from None
-    if splitter.pending.strip() and not splitter.pending.startswith(DONE):
+                if block:
+                    yield block
+    except H1Error as exc:
+        raise BackendError(f"backend stream broke: {exc}") from None
+    pending = splitter.pending
+    if pending.strip() and not pending.startswith(DONE):
         raise BackendError("backend stream ended inside an event")
