@@ -334,7 +334,8 @@ async def run(args: argparse.Namespace, upstream: Upstream, tooti: Tooti) -> dic
                 _, err = await trio.to_thread.run_sync(spy.communicate)
                 if spy.returncode:
                     print(f"  py-spy on {role} failed: {err.decode(errors='replace')[-300:]}", flush=True)
-                top = RESULTS / f"relay-profile-{role}-top.txt"
+                suffix = "" if args.http_server == "tooti" else f"-{args.http_server}"
+                top = RESULTS / f"relay-profile-{role}{suffix}-top.txt"
                 row.setdefault("profile", {})[role] = report.top_table(raw, top, n=25)
                 raw.unlink(missing_ok=True)  # megabytes of stacks; the top-N summary is what is kept
             _print_row(name, row[name])
@@ -357,6 +358,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile-s", type=float, default=0.0, help="py-spy gateway and node for this long")
     ap.add_argument("--label", default="", help="a note stored in the result (e.g. 'before')")
     ap.add_argument(
+        "--http-server",
+        choices=("tooti", "hypercorn"),
+        default="tooti",
+        help="the gateway's HTTP server (gateway.http_server), to compare the two",
+    )
+    ap.add_argument(
         "--doc",
         nargs="+",
         metavar="LABEL=RESULT.json",
@@ -375,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
     out: dict[str, Any] = {}
     out_lines: list[str] = []
     try:
-        tooti = Tooti(tmp, upstream.url, max_concurrency=2048)
+        tooti = Tooti(tmp, upstream.url, max_concurrency=2048, http_server=args.http_server)
         wait_ok(upstream.url + "/health", None, 10, "upstream")
         try:
             print(f"relay capacity: loads {args.loads}, window {args.window_s} s", flush=True)
@@ -394,6 +401,7 @@ def main(argv: list[str] | None = None) -> int:
         upstream.proc.stop()
     out["node_tunnels"] = out_lines
     out["label"] = args.label
+    out["http_server"] = args.http_server
     out["machine"] = machine()
     out["load_average_after"] = os.getloadavg()
     out["seconds"] = round(time.time() - started, 1)

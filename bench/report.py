@@ -256,7 +256,7 @@ Upstream totals: {up.get("requests")} requests, {up.get("tokens_sent")} tokens s
 
 Errors: {json.dumps(errs) if errs else "none"}.
 
-### Goals from the issue
+### Goals
 
 | goal | measured | |
 | --- | --- | --- |

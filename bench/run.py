@@ -547,7 +547,7 @@ def summarise(raw: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 
 def check_targets(s: dict[str, Any], scale: dict[str, Any] | None) -> list[dict[str, Any]]:
-    """The issue's goals, each with the measured value and whether it was met."""
+    """The goals, each with the measured value and whether it was met."""
     a, f, r = s["added"].get("tooti", {}), s["figures"], s["ratios"]
     al = s["added"].get("litellm", {})
     goals = []

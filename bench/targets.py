@@ -123,8 +123,10 @@ class Upstream:
 
 
 class Tooti:
-    def __init__(self, tmp: Path, upstream_url: str, *, max_concurrency: int = 512) -> None:
-        self.gateway = start_gateway(tmp, auth="open")
+    def __init__(
+        self, tmp: Path, upstream_url: str, *, max_concurrency: int = 512, http_server: str = "tooti"
+    ) -> None:
+        self.gateway = start_gateway(tmp, auth="open", extra={"gateway": {"http_server": http_server}})
         self.node = start_node(
             tmp,
             "node1",

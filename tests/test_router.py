@@ -76,6 +76,15 @@ def test_failing_node_cools_down_and_recovers() -> None:
     assert bad.failures == 0 and bad.cooldown_until == 0.0
 
 
+def test_thousands_of_failures_in_a_row_keep_a_bounded_cooldown() -> None:
+    # A backend down under load: every request fails at once, and the count runs past what
+    # 2 ** n fits in a float (seen as OverflowError -> 500s for every request).
+    bad = _node("bad")
+    for _ in range(5000):
+        record_failure(bad, now=100.0)
+    assert bad.failures == 5000 and 100.0 < bad.cooldown_until <= 100.0 + 60.0
+
+
 def test_excluded_nodes_are_skipped() -> None:
     a, b = _node("a"), _node("b")
     assert choose([a, b], {"a"}) is b

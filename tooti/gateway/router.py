@@ -55,7 +55,9 @@ def choose(candidates: list[NodeEntry], exclude: set[str], *, now: float | None 
 def record_failure(e: NodeEntry, *, now: float | None = None) -> None:
     now = time.monotonic() if now is None else now
     e.failures += 1
-    e.cooldown_until = now + min(_COOLDOWN_MAX, _COOLDOWN_BASE * 2 ** (e.failures - 1))
+    # The exponent is capped: a node failing thousands of requests in a row (its backend down
+    # under load) would otherwise overflow the float and fail every request that sees it.
+    e.cooldown_until = now + min(_COOLDOWN_MAX, _COOLDOWN_BASE * 2 ** min(e.failures - 1, 32))
 
 
 def record_success(e: NodeEntry) -> None:
