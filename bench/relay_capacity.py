@@ -91,6 +91,7 @@ async def load(
     ramp_s: float,
     window_s: float,
     limit_s: float,
+    spread: bool = False,
 ) -> dict[str, Any]:
     """One offered load against the HTTP server on ``port``; see the module docstring."""
     spacing = 1.0 / rate
@@ -122,7 +123,13 @@ async def load(
 
     async def one(i: int) -> None:
         nonlocal in_window, stalled, completed, stalled_mid
-        await trio.sleep(i * ramp_s / streams)
+        # Start times fix each stream's token phase (the upstream paces from a stream's start).
+        # Evenly over the ramp, few distinct phases: many streams' tokens fall due together,
+        # as in a batching GPU server where every running sequence advances each step.
+        # Spread: a golden-ratio offset within one spacing gives every stream its own phase,
+        # as independent backends would, and every token its own wake-up on each hop.
+        offset = (i * 0.6180339887 % 1.0) * spacing if spread else 0.0
+        await trio.sleep(i * ramp_s / streams + offset)
         conn = driver.Conn(HOST, port)
         last = time.perf_counter()
         gap = 0.0
@@ -329,6 +336,7 @@ async def run(args: argparse.Namespace, upstream: Upstream, tooti: Tooti) -> dic
                 ramp_s=args.ramp_s,
                 window_s=args.window_s,
                 limit_s=args.limit_s,
+                spread=args.phases == "spread",
             )
             for role, raw, spy in spies:
                 _, err = await trio.to_thread.run_sync(spy.communicate)
@@ -357,6 +365,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--limit-s", type=float, default=30.0)
     ap.add_argument("--profile-s", type=float, default=0.0, help="py-spy gateway and node for this long")
     ap.add_argument("--label", default="", help="a note stored in the result (e.g. 'before')")
+    ap.add_argument(
+        "--phases",
+        choices=("aligned", "spread"),
+        default="aligned",
+        help="token phases across streams: aligned (streams started evenly over the ramp; "
+        "tokens of many streams fall due together, like a batching server) or spread (each "
+        "stream its own phase)",
+    )
     ap.add_argument(
         "--http-server",
         choices=("tooti", "hypercorn"),
@@ -402,6 +418,7 @@ def main(argv: list[str] | None = None) -> int:
     out["node_tunnels"] = out_lines
     out["label"] = args.label
     out["http_server"] = args.http_server
+    out["phases"] = args.phases
     out["machine"] = machine()
     out["load_average_after"] = os.getloadavg()
     out["seconds"] = round(time.time() - started, 1)
