@@ -269,3 +269,22 @@ async def test_hang_ups_are_seen_by_the_shared_watcher() -> None:
         await stream.aclose()
         with trio.fail_after(5):
             await app.disconnected.wait()
+
+
+async def test_the_hangup_watcher_after_shutdown_is_a_no_op() -> None:
+    # At shutdown the watcher's task ends before the requests it watched finish unwinding;
+    # their unwatch (and any late watch) must not raise on the closed epoll set (it did: a
+    # SIGTERM with a stream open logged a traceback).
+    from tooti.gateway.http._hangups import HangupWatcher
+
+    watcher = HangupWatcher()
+    a, b = socket.socketpair()
+    with a, b:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(watcher.run)
+            watcher.watch(a.fileno(), lambda: None)
+            await trio.lowlevel.checkpoint()
+            nursery.cancel_scope.cancel()
+        watcher.unwatch(a.fileno())
+        watcher.watch(b.fileno(), lambda: None)
+        watcher.unwatch(b.fileno())

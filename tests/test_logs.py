@@ -110,6 +110,11 @@ def test_json_format_fields_and_no_secrets() -> None:
         logging.getLogger("tooti.gateway").warning("client sent Authorization: Bearer %s", secret_key)
         logging.getLogger("tooti.store").warning("cannot reach postgresql://tooti:hunter2@db/tooti")
         logging.getLogger("libp2p.transport.tcp.tcp").error("Failed to open TCP stream: all attempts failed")
+        logging.getLogger("libp2p.host.basic_host").warning(
+            "Failed to open stream to peer %s:\n  Error: protocols not supported: tried %s",
+            "12D3Koo",
+            ["/meshsub/1.2.0"],
+        )
         logging.getLogger("libp2p.pubsub").error("something libp2p thinks is an error")
         try:
             raise ValueError(f"boom {secret_key}")

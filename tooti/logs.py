@@ -42,6 +42,9 @@ FIELDS = ("request_id", "key", "node", "model", "status", "latency_ms", "repeats
 _NOISY = ("hypercorn.access", "httpx", "httpcore", "multiaddr")
 # libp2p records that describe an expected, retried event which tooti reports itself.
 _DIAL_NOISE = ("Failed to open TCP stream", "Failed to connect", "failed to dial", "Failed to upgrade")
+#: gossipsub offers itself to every connected peer; nodes run no pubsub by design, so each node
+#: joining a gateway made py-libp2p warn (nine lines) that the node refused /meshsub.
+_PUBSUB_PROBE = ("Failed to open stream to peer", "/meshsub/")
 
 _SECRETS = [
     (re.compile(r"\btt-([a-z0-9]+)-[A-Za-z0-9_\-]+"), r"tt-\1-***"),
@@ -58,6 +61,15 @@ def redact(text: str) -> str:
     for pattern, repl in _SECRETS:
         text = pattern.sub(repl, text)
     return text
+
+
+def _is_pubsub_probe(record: logging.LogRecord) -> bool:
+    if _PUBSUB_PROBE[0] not in str(record.msg):
+        return False
+    try:
+        return _PUBSUB_PROBE[1] in record.getMessage()
+    except (TypeError, ValueError):
+        return False
 
 
 def _only_cancelled(exc: BaseException) -> bool:
@@ -78,7 +90,7 @@ class _Policy(logging.Filter):
         name = record.name
         if name.startswith("libp2p") and record.levelno >= logging.WARNING:
             text = str(record.msg)
-            if any(noise in text for noise in _DIAL_NOISE):
+            if any(noise in text for noise in _DIAL_NOISE) or _is_pubsub_probe(record):
                 record.levelno, record.levelname = logging.DEBUG, "DEBUG"
             elif record.levelno >= logging.ERROR:
                 record.levelno, record.levelname = logging.WARNING, "WARNING"

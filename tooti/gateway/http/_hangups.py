@@ -30,8 +30,11 @@ class HangupWatcher:
     def __init__(self) -> None:
         self._epoll = select.epoll()
         self._watched: dict[int, Callable[[], None]] = {}
+        self._closed = False
 
     def watch(self, fd: int, on_readable: Callable[[], None]) -> None:
+        if self._closed:
+            return  # shutting down: the server's connections are being cancelled anyway
         if fd in self._watched:
             self._watched[fd] = on_readable
             return
@@ -39,7 +42,7 @@ class HangupWatcher:
         self._watched[fd] = on_readable
 
     def unwatch(self, fd: int) -> None:
-        if self._watched.pop(fd, None) is not None:
+        if self._watched.pop(fd, None) is not None and not self._closed:
             try:
                 self._epoll.unregister(fd)
             except OSError:
@@ -55,5 +58,9 @@ class HangupWatcher:
                         callback()
                 await trio.lowlevel.checkpoint()
         finally:
+            # Requests still unwinding (shutdown cancels them after this task) unwatch a
+            # closed set: watch/unwatch become no-ops instead of raising on it.
+            self._closed = True
+            self._watched.clear()
             trio.lowlevel.notify_closing(self._epoll.fileno())
             self._epoll.close()
