@@ -17,7 +17,6 @@ from tooti.wire import MAX_CONCURRENCY, pb
 MAX_MODELS = 256
 MAX_NAME_LEN = 128
 MAX_VERSION_LEN = 32
-MAX_CAPACITY = MAX_CONCURRENCY
 #: A heartbeat's clock may differ from ours by this much (ms) before it is refused.
 CLOCK_WINDOW_MS = 5 * 60 * 1000
 #: Self-reported TTFT (ms) and decode speed (tokens/s) are clamped into these ranges.
@@ -39,13 +38,13 @@ def problem(ann: pb.Announcement, *, peer: bytes, previous: pb.Announcement | No
     for m in ann.models:
         if not m.name or not _printable(m.name, MAX_NAME_LEN):
             return "model name empty, too long or not printable"
-        if not 0 <= m.capacity <= MAX_CAPACITY:
+        if not 0 <= m.capacity <= MAX_CONCURRENCY:
             return "model capacity out of range"
     if not _printable(ann.name, MAX_NAME_LEN) or not _printable(ann.version, MAX_VERSION_LEN):
         return "name or version too long or not printable"
     if not _printable(ann.namespace, MAX_NAME_LEN):
         return "namespace too long or not printable"
-    if not 0 <= ann.capacity <= MAX_CAPACITY or not 0 <= ann.in_flight <= MAX_CAPACITY:
+    if not 0 <= ann.capacity <= MAX_CONCURRENCY or not 0 <= ann.in_flight <= MAX_CONCURRENCY:
         return "capacity or in-flight count out of range"
     if not 0 <= ann.queue_depth <= 1_000_000:
         return "queue depth out of range"

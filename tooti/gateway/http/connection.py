@@ -43,6 +43,11 @@ class _Gone(Exception):
     """The client's socket failed (reset, broken pipe)."""
 
 
+def _chunk(data: bytes) -> bytes:
+    """One piece of a chunked body (what h11 would write, without its per-piece work)."""
+    return b"%x\r\n%b\r\n" % (len(data), data)
+
+
 class Connection:
     """One client connection: its requests one after another, each given to the app.
 
@@ -265,11 +270,9 @@ class Connection:
 
     # -- writing
 
-    async def _write(self, data: bytes | memoryview) -> None:
-        if self._backlog is not None:
-            backlog, self._backlog = self._backlog, None
-            await self._write(bytes(backlog) + bytes(data))
-            return
+    async def _write(self, data: bytes) -> None:
+        if self._backlog is not None:  # what write_now could not finish goes first
+            data, self._backlog = bytes(self._backlog) + data, None
         view = memoryview(data)
         self._writing = True
         try:
@@ -310,7 +313,7 @@ class Connection:
             return False
         if self._gone or self._response_done or not data:
             return False
-        framed = b"%x\r\n%b\r\n" % (len(data), data)
+        framed = _chunk(data)
         try:
             n = self._sock.send(framed)
         except BlockingIOError:
@@ -347,9 +350,7 @@ class Connection:
         try:
             out = self._head_bytes() if not self._head_sent else b""
             if data and not self._drop_body:
-                out += (
-                    b"%x\r\n%b\r\n" % (len(data), data) if self._chunked else self._h11.send(h11.Data(data))
-                )
+                out += _chunk(data) if self._chunked else self._h11.send(h11.Data(data))
             if not more:
                 out += self._h11.send(h11.EndOfMessage())
             if out or self._backlog is not None:

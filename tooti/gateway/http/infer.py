@@ -4,15 +4,11 @@ No framework per request or per chunk: the body is read once (bounded), parsed o
 routing and checking need, and the node's bytes go to the client block by block - under tooti's
 own server straight from the tunnel's reader to the socket (``tooti.direct``).
 
-Time limits, all tooti's own (no framework timeout lies below them):
-``timeouts.total_sec`` bounds the whole request from its arrival (queueing included);
-``timeouts.first_token_sec`` the wait for a node's first byte; ``timeouts.idle_sec`` any
-silence between two blocks. Before the first byte a limit is a 504; after it, the stream
-ends with an SSE error event and ``[DONE]``.
+Time limits (``timeouts.*``, see ``docs/http-edge.md``) are tooti's own: before the first byte
+a limit is a 504; after it, the stream ends with an SSE error event and ``[DONE]``.
 
-The client hanging up is seen at once (``http.disconnect``, or the server's hang-up callback) and
-cancels the request wherever it is: queued, waiting for a head, or streaming (the node's
-exchange is reset, which cancels the backend request). It is never counted against the node.
+A client hanging up cancels the request wherever it is (queued, waiting, streaming: the node's
+exchange is reset, cancelling the backend request); it is never counted against the node.
 """
 
 from __future__ import annotations
@@ -21,6 +17,8 @@ import dataclasses
 import logging
 import math
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -96,22 +94,9 @@ class Inference:
             return
         progress = _Progress()
         work = trio.CancelScope()
-        if ctx.direct is not None:
-            # tooti's server watches all sockets for hang-ups at once: no task per request.
-            ctx.direct.on_hangup(lambda: _hung_up(work, progress))
-            try:
-                with work:
-                    await self._serve(ctx, route, raw, send, progress)
-            finally:
-                ctx.direct.on_hangup(None)
-            return
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(_watch_disconnect, receive, work, progress)
-            try:
-                with work:
-                    await self._serve(ctx, route, raw, send, progress)
-            finally:
-                nursery.cancel_scope.cancel()
+        async with _hang_ups_cancel(work, progress, ctx, receive):
+            with work:
+                await self._serve(ctx, route, raw, send, progress)
 
     async def _serve(
         self, ctx: RequestContext, route: tuple[str, int], raw: bytes, send: Any, progress: _Progress
@@ -234,11 +219,9 @@ class Inference:
             *ctx.response_headers,
         ]
         try:
-            # The response head goes out with the first block, not before: until then a
-            # failure is still an HTTP error status (a 504, a 502, the backend's refusal),
-            # not an event inside a 200 stream.
-            # timeouts.first_token_sec also bounds the wait for the first token, not only for
-            # the head: servers send a role-only chunk at once and then think. The deadline is
+            # The head goes out with the first block: until then a failure is still an HTTP
+            # error status, not an event inside a 200 stream. timeouts.first_token_sec bounds
+            # the first token too (servers send a role-only chunk at once, then think); it is
             # lifted at the first content delta, or at the second block (tool-call deltas).
             first_token = trio.CancelScope(deadline=trio.current_time() + self._first_token_timeout())
             blocks = 0
@@ -403,16 +386,34 @@ class Inference:
 
 
 def _hung_up(work: trio.CancelScope, progress: _Progress) -> None:
-    if not progress.responded:
+    if not progress.responded:  # after the response, a disconnect is the normal end
         progress.gone = True
         work.cancel()
 
 
-async def _watch_disconnect(receive: Any, work: trio.CancelScope, progress: _Progress) -> None:
-    """After the body, the only message left is ``http.disconnect``: the client hung up (or,
-    once the response is complete, the connection was closed normally)."""
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            _hung_up(work, progress)
-            return
+@asynccontextmanager
+async def _hang_ups_cancel(
+    work: trio.CancelScope, progress: _Progress, ctx: RequestContext, receive: Any
+) -> AsyncIterator[None]:
+    """While inside, a client hanging up cancels ``work``: by tooti's server's callback (one
+    watcher for every socket), else by a task awaiting ``http.disconnect`` after the body."""
+    direct = ctx.direct
+    if direct is not None:
+        direct.on_hangup(lambda: _hung_up(work, progress))
+        try:
+            yield
+        finally:
+            direct.on_hangup(None)
+        return
+
+    async def watch() -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        _hung_up(work, progress)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(watch)
+        try:
+            yield
+        finally:
+            nursery.cancel_scope.cancel()
