@@ -288,3 +288,24 @@ async def test_the_hangup_watcher_after_shutdown_is_a_no_op() -> None:
         watcher.unwatch(a.fileno())
         watcher.watch(b.fileno(), lambda: None)
         watcher.unwatch(b.fileno())
+
+
+async def test_a_pipelined_flood_during_a_stream_is_bounded() -> None:
+    # A client that keeps sending while its stream is answered: the server buffers at most
+    # about 64 KiB of it (then reads no more), and the stream goes on.
+    app = _App()
+    async with _serving(app) as addr:
+        stream = await trio.open_tcp_stream(*addr)
+        async with stream:
+            await stream.send_all(b"POST /watch HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n")
+            with trio.fail_after(5):
+                await app.stream_started.wait()
+            with trio.move_on_after(2):  # the kernel's buffers fill once the server stops reading
+                await stream.send_all(b"x" * (4 << 20))
+            await trio.lowlevel.checkpoint()
+            assert app.direct._pipelined <= 2 * 64 * 1024
+            assert app.direct.write_now(b"still;") and not app.disconnected.is_set()
+            with trio.fail_after(5):
+                got = b""
+                while b"still;" not in got:
+                    got += await stream.receive_some(65536)
